@@ -1,0 +1,62 @@
+"""The ``wm`` command: parsing, calling the packages, printing. No logic of its own.
+
+Every command turns a :class:`core.errors.WmError` into one line on stderr and
+exit status 2 (``wm verify`` and ``wm evidence check`` also use 1 for a
+negative answer, see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.config import default_registry_url, wm_home
+from core.errors import WmError
+
+__all__ = ["Context", "main", "wm"]
+
+
+@dataclass
+class Context:
+    """What every subcommand gets: where home is and which registry to use."""
+
+    home: Path
+    registry_url: str
+
+
+class WmGroup(click.Group):
+    """A click group that reports :class:`WmError` as one line and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WmError as exc:
+            click.echo(f"wm: error: {exc.diagnostics()}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=WmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), default=None,
+              help="wm home directory (default $WM_HOME or ~/.wm).")
+@click.option("--registry", "registry_url", default=None,
+              help="Registry URL (default $WM_REGISTRY_URL or sqlite:///HOME/registry.db).")
+@click.pass_context
+def wm(ctx: click.Context, home: str | None, registry_url: str | None) -> None:
+    """wm: ownership watermarks and fingerprints for PyTorch models."""
+    h = wm_home(home)
+    ctx.obj = Context(home=h, registry_url=default_registry_url(h, registry_url))
+
+
+def _register_commands() -> None:
+    # Each command module adds itself to `wm`; imported here so `wm --help` lists all.
+    from cli import train  # noqa: F401
+
+
+def main() -> None:
+    """Console entry point."""
+    _register_commands()
+    wm(prog_name="wm")

@@ -1,0 +1,34 @@
+"""Training-time watermarks: key-derived trigger sets and backdoor-style marks.
+
+Public surface: :class:`WatermarkKey`, the schemes (:class:`TriggerSet`,
+:class:`ContentMark`, :class:`NoiseMark`, :class:`UnrelatedMark`,
+:func:`parse_scheme`), and the :class:`WatermarkHook` that mixes a scheme's
+probes into any PyTorch training loop. Each scheme yields a
+:class:`core.probeset.ProbeSet` with the exact ``Binomial(1/C)`` null.
+"""
+
+from watermark.hook import WatermarkHook
+from watermark.keys import WatermarkKey
+from watermark.schemes import (
+    ContentMark,
+    NoiseMark,
+    Scheme,
+    TriggerSet,
+    UnrelatedMark,
+    parse_scheme,
+)
+from watermark.secret import WatermarkSecret, read_secret, write_secret
+
+__all__ = [
+    "ContentMark",
+    "NoiseMark",
+    "Scheme",
+    "TriggerSet",
+    "UnrelatedMark",
+    "WatermarkHook",
+    "WatermarkKey",
+    "WatermarkSecret",
+    "parse_scheme",
+    "read_secret",
+    "write_secret",
+]

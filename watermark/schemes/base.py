@@ -1,0 +1,89 @@
+"""The interface every watermark scheme implements.
+
+A scheme turns a :class:`~watermark.keys.WatermarkKey` (and, for schemes that
+stamp in-distribution inputs, the owner's training data) into a
+:class:`~core.probeset.ProbeSet`. Labels are drawn uniformly from the key's
+``labels`` stream, independently of the inputs, so the null is exactly
+``Binomial(1/C)`` (DESIGN.md, "The shared concept: ProbeSet").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from core.data import Dataset
+from core.errors import InputError
+from core.probeset import SALT_SIZE, Binomial, ProbeSet
+from watermark.keys import WatermarkKey
+
+__all__ = ["Scheme"]
+
+
+class Scheme(ABC):
+    """A watermark scheme: key (+ data) in, probe set out."""
+
+    family: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+
+    def __init__(self, n: int) -> None:
+        if not 1 <= n <= 100_000:
+            raise InputError(f"{self.family}: n must be between 1 and 100000, got {n}")
+        self.n = n
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Every parameter that shapes the probes, as strings."""
+        return {"n": str(self.n)}
+
+    @property
+    def name(self) -> str:
+        """Canonical name: family then ``key=value`` parameters, sorted, ``:``-separated."""
+        return ":".join([self.family, *(f"{k}={v}" for k, v in sorted(self.params.items()))])
+
+    @abstractmethod
+    def make_inputs(
+        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None
+    ) -> np.ndarray:
+        """The probe inputs, float32 ``[n, *input_shape]`` in ``[0, 1]``."""
+
+    def probes(
+        self,
+        key: WatermarkKey,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        data: Dataset | None = None,
+    ) -> ProbeSet:
+        """The scheme's probe set for ``key``: inputs, key-random labels, salts, exact null."""
+        if self.needs_data and (data is None or len(data) == 0):
+            raise InputError(f"{self.family} marks stamp the owner's training data; none given")
+        if num_classes < 2:
+            raise InputError("a watermark needs at least two classes")
+        x = self.make_inputs(key, tuple(input_shape), data)
+        if x.dtype != np.float32 or x.shape != (self.n, *input_shape):
+            raise AssertionError(f"{self.family} made inputs of shape {x.shape}")
+        labels = key.stream("labels", self.name).integers(self.n, num_classes)
+        salt_bytes = key.stream("salts", self.name).read(SALT_SIZE * self.n)
+        salts = tuple(salt_bytes[i * SALT_SIZE : (i + 1) * SALT_SIZE] for i in range(self.n))
+        return ProbeSet(
+            inputs=torch.from_numpy(np.ascontiguousarray(x)),
+            expected=torch.from_numpy(labels),
+            kind="watermark",
+            scheme=self.name,
+            null=Binomial(1.0 / num_classes),
+            num_classes=num_classes,
+            salts=salts,
+        )
+
+    def _select_sources(self, key: WatermarkKey, data: Dataset) -> np.ndarray:
+        """``n`` in-distribution inputs chosen by the key (with replacement if data is small)."""
+        x = data.x.numpy()
+        if len(x) >= self.n:
+            idx = key.stream("select", self.name).permutation(len(x))[: self.n]
+        else:
+            idx = key.stream("select", self.name).integers(self.n, len(x))
+        return np.ascontiguousarray(x[idx], dtype=np.float32)
