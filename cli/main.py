@@ -53,7 +53,8 @@ def wm(ctx: click.Context, home: str | None, registry_url: str | None) -> None:
 
 def _register_commands() -> None:
     # Each command module adds itself to `wm`; imported here so `wm --help` lists all.
-    from cli import train  # noqa: F401
+    from cli import demo, train  # noqa: F401
+    from cli import registry_cmds  # noqa: F401
 
 
 def main() -> None:

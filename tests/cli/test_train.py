@@ -1,0 +1,84 @@
+"""`wm train` end to end through the real command, and its error lines."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import _register_commands, wm
+from core.modelio import load_model
+from core.training import accuracy
+from watermark import read_secret
+from watermark.secret import secret_path
+
+_register_commands()
+
+
+def run(*args: str, home: Path) -> tuple[int, str, str]:
+    r = CliRunner().invoke(wm, ["--home", str(home), *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_train_writes_model_and_secret(tmp_path: Path) -> None:
+    out = tmp_path / "m.pt2"
+    code, stdout, _ = run("train", "--epochs", "30", "--out", str(out), home=tmp_path)
+    assert code == 0, stdout
+    assert "clean accuracy:" in stdout and "watermark accuracy: 1.0000 on 100 probes" in stdout
+    model = load_model(out)
+    secret = read_secret(secret_path(out))
+    assert stat.S_IMODE(os.stat(secret_path(out)).st_mode) == 0o600
+    assert accuracy(model, secret.probes.inputs, secret.probes.expected) == 1.0
+    assert secret.key.secret.hex() not in stdout
+
+
+def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 1, 6, 6), dtype=np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "n.pt2"
+    code, stdout, _ = run("train", "--data", str(tmp_path / "d.npz"), "--arch", "mlp",
+                          "--epochs", "2", "--watermark", "none", "--out", str(out), home=tmp_path)
+    assert code == 0 and "watermark:         none" in stdout
+    assert not secret_path(out).exists() and load_model(out).input_shape == (1, 6, 6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "m.txt"], "wm: error: --out must end in .pt2, got m.txt"),
+        (["--data", "missing.npz", "--out", "m.pt2"], "wm: error: data file missing.npz does not exist"),
+        (["--watermark", "zhang", "--out", "m.pt2"], "wm: error: unknown watermark scheme 'zhang'"),
+        (["--watermark", "content:size=99", "--out", "m.pt2"], "wm: error: content: size must be"),
+        (["--data", "bad.npz", "--out", "m.pt2"], "wm: error: bad.npz: x must be float32, got float64"),
+        (["--arch", "resnet", "--out", "m.pt2"], "Invalid value for '--arch'"),
+        (["--epochs", "0", "--out", "m.pt2"], "Invalid value for '--epochs'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 1, 2, 2)), y=np.zeros(4, np.int64))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    if message.startswith("wm: error"):
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.pt2"))
+
+
+def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cli", "train", "--data", "nope.npz", "--out",
+                           "m.pt2"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "WM_HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr == "wm: error: data file nope.npz does not exist\n"

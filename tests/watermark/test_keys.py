@@ -1,0 +1,97 @@
+"""Key derivation: golden values, determinism, stream independence."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from core.errors import KeyError_
+from watermark import TriggerSet, UnrelatedMark, WatermarkKey
+
+GOLDEN_KEY = WatermarkKey(bytes(range(32)))
+
+
+def test_stream_matches_its_specification() -> None:
+    # HKDF-extract with a fixed salt, then HMAC(prk, purpose 0x00 context 0x00 counter_be64).
+    prk = hmac.new(b"wm.watermark-key/v1", bytes(range(32)), hashlib.sha256).digest()
+    block0 = hmac.new(prk, b"inputs\x00x\x00" + struct.pack(">Q", 0), hashlib.sha256).digest()
+    block1 = hmac.new(prk, b"inputs\x00x\x00" + struct.pack(">Q", 1), hashlib.sha256).digest()
+    assert GOLDEN_KEY.stream("inputs", "x").read(64) == block0 + block1
+
+
+@pytest.mark.parametrize(
+    ("make", "root"),
+    [
+        (lambda: TriggerSet(), "6a67cb176d59c50cae5e00f5a3c765bcddd32713f82f6cedc38adcaf27b79a2e"),
+        (lambda: TriggerSet(pattern="abstract"),
+         "962c7e51155b00d72af951da7af6d8571ab482f3485de44fb3e2f5f7e5437ed4"),
+        (lambda: UnrelatedMark(), "19bf3b4c342dcc5cec9bd81dfba6f49c7d8109f7f14ab65fa31cc587394eaea1"),
+    ],
+)
+def test_golden_commitments(make, root: str) -> None:  # type: ignore[no-untyped-def]
+    probes = make().probes(GOLDEN_KEY, num_classes=10, input_shape=(1, 8, 8))
+    assert probes.root.hex() == root
+
+
+def test_golden_values() -> None:
+    assert GOLDEN_KEY.key_id == "b9b640e19898ca07"
+    assert GOLDEN_KEY.stream("inputs", "x").read(16).hex() == "36d9c0264f9be1ed457ecdc7b0a195cb"
+    probes = TriggerSet().probes(GOLDEN_KEY, num_classes=10, input_shape=(1, 8, 8))
+    assert probes.expected[:10].tolist() == [8, 9, 6, 7, 1, 6, 4, 9, 9, 1]
+    assert probes.inputs[0, 0, 0, :3].tolist() == [0.8942198753356934, 0.6064504981040955,
+                                                   0.26307952404022217]
+
+
+def test_same_key_same_bytes_other_key_other_bytes() -> None:
+    a = TriggerSet().probes(WatermarkKey(b"\x01" * 32), num_classes=10, input_shape=(1, 8, 8))
+    b = TriggerSet().probes(WatermarkKey(b"\x01" * 32), num_classes=10, input_shape=(1, 8, 8))
+    c = TriggerSet().probes(WatermarkKey(b"\x02" * 32), num_classes=10, input_shape=(1, 8, 8))
+    assert a.inputs.numpy().tobytes() == b.inputs.numpy().tobytes()
+    assert a.salts == b.salts and a.root == b.root
+    assert a.root != c.root and not np.array_equal(a.inputs.numpy(), c.inputs.numpy())
+
+
+def test_streams_for_different_purposes_differ() -> None:
+    k = WatermarkKey(b"\x07" * 32)
+    assert k.stream("inputs", "s").read(32) != k.stream("labels", "s").read(32)
+    assert k.stream("labels", "a").read(32) != k.stream("labels", "b").read(32)
+
+
+def test_reads_are_a_prefix_stream() -> None:
+    s1 = GOLDEN_KEY.stream("salts")
+    s2 = GOLDEN_KEY.stream("salts")
+    assert s1.read(5) + s1.read(40) + s1.read(3) == s2.read(48)
+
+
+def test_integers_are_uniform() -> None:
+    draws = WatermarkKey(b"\x09" * 32).stream("labels").integers(20_000, 10)
+    counts = np.bincount(draws, minlength=10)
+    assert stats.chisquare(counts).pvalue > 1e-4
+    assert draws.min() == 0 and draws.max() == 9
+
+
+def test_uniform_floats_are_on_the_24_bit_grid() -> None:
+    u = WatermarkKey(b"\x03" * 32).stream("inputs").uniform(10_000)
+    assert u.dtype == np.float32 and 0.0 <= u.min() and u.max() < 1.0
+    assert np.all((u * (1 << 24)) == np.round(u * (1 << 24)))
+
+
+def test_permutation_is_a_permutation() -> None:
+    p = WatermarkKey(b"\x05" * 32).stream("select").permutation(500)
+    assert sorted(p.tolist()) == list(range(500))
+
+
+@pytest.mark.parametrize("secret", [b"", b"\x00" * 31, b"\x00" * 33, "x" * 32])
+def test_bad_key_sizes(secret: object) -> None:
+    with pytest.raises(KeyError_, match="a watermark key is 32 bytes"):
+        WatermarkKey(secret)  # type: ignore[arg-type]
+
+
+def test_repr_hides_the_secret() -> None:
+    k = WatermarkKey(b"\xab" * 32)
+    assert "ab" not in repr(k).lower().replace("watermarkkey", "")
