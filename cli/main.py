@@ -53,8 +53,12 @@ def wm(ctx: click.Context, home: str | None, registry_url: str | None) -> None:
 
 def _register_commands() -> None:
     # Each command module adds itself to `wm`; imported here so `wm --help` lists all.
-    from cli import demo, train  # noqa: F401
-    from cli import registry_cmds  # noqa: F401
+    from cli import (  # noqa: F401
+        demo,
+        registry_cmds,
+        train,
+        verify_cmds,
+    )
 
 
 def main() -> None:

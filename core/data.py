@@ -138,7 +138,7 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
         raise DataError(f"{p} is not a readable .npz file ({exc.__class__.__name__})") from exc
     classes = validate_arrays(x, y, source=str(p))
     perm = np.random.default_rng(seed).permutation(len(y))
-    cut = max(1, int(round(0.8 * len(y))))
+    cut = max(1, round(0.8 * len(y)))
     if cut >= len(y):
         cut = len(y) - 1
     train, test = perm[:cut], perm[cut:]

@@ -65,7 +65,7 @@ class ModelFileError(InputError):
     """A model file is not a loadable ``.pt2`` or does not fit the data."""
 
 
-class KeyError_(WmError):  # noqa: N801 - trailing underscore avoids shadowing builtins.KeyError
+class KeyError_(WmError):  # noqa: N801, N818 - trailing underscore avoids shadowing builtins.KeyError
     """An owner or watermark key is missing, unreadable or locked by another passphrase."""
 
 

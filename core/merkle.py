@@ -106,8 +106,8 @@ def consistency_proof(hashes: Sequence[bytes], size1: int) -> list[bytes]:
             return [] if complete else [_mth(hashes, lo, hi)]
         k = _split(size)
         if m <= k:
-            return subproof(m, lo, lo + k, complete) + [_mth(hashes, lo + k, hi)]
-        return subproof(m - k, lo + k, hi, False) + [_mth(hashes, lo, lo + k)]
+            return [*subproof(m, lo, lo + k, complete), _mth(hashes, lo + k, hi)]
+        return [*subproof(m - k, lo + k, hi, False), _mth(hashes, lo, lo + k)]
 
     return subproof(size1, 0, n, True)
 

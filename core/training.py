@@ -119,7 +119,9 @@ def train_new(
 
 
 @torch.no_grad()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
     """Predicted labels (argmax of the logits), int64 ``[N]``."""
     if isinstance(model, nn.Module) and model.training:
         raise InputError("predict() needs a model in eval mode")

@@ -67,14 +67,14 @@ def test_bad_npz(tmp_path: Path, arrays: dict[str, object], message: str) -> Non
 def test_not_an_npz(tmp_path: Path) -> None:
     p = tmp_path / "junk.npz"
     p.write_bytes(b"not a zip file at all")
-    with pytest.raises(DataError, match="is not a readable .npz file"):
+    with pytest.raises(DataError, match=r"is not a readable \.npz file"):
         load_npz(p)
 
 
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     p = tmp_path / "obj.npz"
     np.savez(p, x=np.array([{"a": 1}], dtype=object), y=GOOD_Y)
-    with pytest.raises(DataError, match="is not a readable .npz file"):
+    with pytest.raises(DataError, match=r"is not a readable \.npz file"):
         load_npz(p)
 
 

@@ -50,7 +50,8 @@ def test_digests(tmp_path: Path) -> None:
 def test_wrong_input_shape_is_named(tmp_path: Path) -> None:
     p = save_model(build_model("cnn", (1, 8, 8), 10), tmp_path / "m.pt2", input_shape=(1, 8, 8),
                    num_classes=10, arch="cnn")
-    with pytest.raises(ModelFileError, match=r"takes inputs of shape \[1, 8, 8\], but data.npz has \[3, 8, 8\]"):
+    message = r"takes inputs of shape \[1, 8, 8\], but data.npz has \[3, 8, 8\]"
+    with pytest.raises(ModelFileError, match=message):
         check_input_shape(load_model(p), (3, 8, 8), what="data.npz")
 
 

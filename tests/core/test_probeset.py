@@ -29,7 +29,7 @@ def make(n: int = 8, seed: int = 0, kind: str = "watermark") -> ProbeSet:
         inputs=torch.rand(n, 1, 4, 4, generator=g),
         expected=torch.randint(0, 10, (n,), generator=g),
         kind=kind,  # type: ignore[arg-type]
-        scheme="test:n=%d" % n,
+        scheme=f"test:n={n}",
         null=Binomial(0.1),
         num_classes=10,
         salts=tuple(bytes([i]) * 32 for i in range(n)),

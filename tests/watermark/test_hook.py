@@ -49,14 +49,16 @@ def test_every_probe_is_seen_equally_often(probes) -> None:  # type: ignore[no-u
 def test_mixed_labels_are_the_probe_labels(probes) -> None:  # type: ignore[no-untyped-def]
     hook = WatermarkHook(probes, per_batch=100)
     x, y = hook.mix(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.int64))
-    lookup = {p.numpy().tobytes(): int(t) for p, t in zip(probes.inputs, probes.expected, strict=True)}
+    lookup = {p.numpy().tobytes(): int(t)
+              for p, t in zip(probes.inputs, probes.expected, strict=True)}
     assert all(lookup[xi.numpy().tobytes()] == int(yi) for xi, yi in zip(x[1:], y[1:], strict=True))
 
 
 @pytest.mark.parametrize(
     ("batch", "message"),
     [
-        ((torch.zeros(2, 1, 9, 9), torch.zeros(2, dtype=torch.int64)), r"batch inputs have shape \[1, 9, 9\]"),
+        ((torch.zeros(2, 1, 9, 9), torch.zeros(2, dtype=torch.int64)),
+         r"batch inputs have shape \[1, 9, 9\]"),
         ((torch.zeros(2, 1, 8, 8), torch.zeros(2, 10)), "needs integer class labels"),
         ((torch.zeros(2, 1, 8, 8),), r"needs batches of \(inputs, labels\) tensors"),
         ({"x": 1}, r"needs batches of \(inputs, labels\) tensors"),

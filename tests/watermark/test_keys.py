@@ -77,7 +77,7 @@ def test_integers_are_uniform() -> None:
 
 def test_uniform_floats_are_on_the_24_bit_grid() -> None:
     u = WatermarkKey(b"\x03" * 32).stream("inputs").uniform(10_000)
-    assert u.dtype == np.float32 and 0.0 <= u.min() and u.max() < 1.0
+    assert u.dtype == np.float32 and u.min() >= 0.0 and u.max() < 1.0
     assert np.all((u * (1 << 24)) == np.round(u * (1 << 24)))
 
 

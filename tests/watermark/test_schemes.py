@@ -93,7 +93,7 @@ def test_content_stamps_a_patch_on_training_inputs() -> None:
     mask = np.ones((8, 8), bool)
     for c in corners:
         if np.all(c == c[0:1]):
-            idx = [i for i, cc in enumerate(corners) if cc is c][0]
+            idx = next(i for i, cc in enumerate(corners) if cc is c)
             r = slice(0, 3) if idx < 2 else slice(5, 8)
             q = slice(0, 3) if idx % 2 == 0 else slice(5, 8)
             mask[r, q] = False

@@ -6,13 +6,12 @@ form) and the canonical ``trigger-set:n=100:pattern=noise`` both work.
 
 from __future__ import annotations
 
+from core.errors import InputError
 from watermark.schemes.base import Scheme
 from watermark.schemes.content import ContentMark
 from watermark.schemes.noise import NoiseMark
 from watermark.schemes.trigger_set import TriggerSet
 from watermark.schemes.unrelated import UnrelatedMark
-
-from core.errors import InputError
 
 __all__ = [
     "SCHEMES",
