@@ -53,12 +53,7 @@ def wm(ctx: click.Context, home: str | None, registry_url: str | None) -> None:
 
 def _register_commands() -> None:
     # Each command module adds itself to `wm`; imported here so `wm --help` lists all.
-    from cli import (  # noqa: F401
-        demo,
-        registry_cmds,
-        train,
-        verify_cmds,
-    )
+    from cli import demo, registry_cmds, train  # noqa: F401
 
 
 def main() -> None:

@@ -32,17 +32,35 @@ from watermark.secret import secret_path
               help="Watermark probes mixed into each batch.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the model (.pt2); the watermark secret goes beside it.")
+@click.option("--register", "register_name", default=None, metavar="NAME",
+              help="Also register the model and its watermark under NAME (as `wm register`).")
 @click.pass_obj
 def train_cmd(ctx: Context, data_spec: str, arch: str, epochs: int, seed: int, batch_size: int,
-              scheme_spec: str, per_batch: int, out: str) -> None:
+              scheme_spec: str, per_batch: int, out: str, register_name: str | None) -> None:
     """Train a model, with a key-derived watermark mixed into its batches.
 
     Writes OUT (.pt2) and, unless --watermark none, OUT.wmkey: the secret
     watermark key and probes (mode 0600). Prints clean and watermark accuracy.
+    With --register NAME the owner key is unlocked before training starts, so
+    a wrong passphrase costs nothing.
     """
     out_path = Path(out)
     if out_path.suffix != ".pt2":
         raise InputError(f"--out must end in .pt2, got {out_path.name}")
+    owner_key = None
+    if register_name is not None:
+        from core.errors import RegistryError
+        from registry import Registry
+        from registry.keys import load_owner_key
+
+        owner_key = load_owner_key(ctx.home)
+        with Registry.open(ctx.registry_url) as reg:
+            try:
+                reg.model(register_name)
+            except RegistryError:
+                pass  # not registered yet: good
+            else:
+                raise InputError(f"a model named {register_name!r} is already registered")
     splits = load_data(data_spec)
     hook = None
     secret = None
@@ -72,3 +90,11 @@ def train_cmd(ctx: Context, data_spec: str, arch: str, epochs: int, seed: int, b
         click.echo(f"watermark secret:  {path} (keep it private)")
     else:
         click.echo("watermark:         none")
+    if owner_key is not None and register_name is not None:
+        from registry import Registry, register_model
+
+        with Registry.open(ctx.registry_url) as reg:
+            result = register_model(reg, owner_key, out_path, register_name)
+        click.echo(f"registered:        {register_name} (log entry {result.model_entry}"
+                   + (f", watermark probe set {result.probeset_id})" if result.probeset_id is not None
+                      else ")"))

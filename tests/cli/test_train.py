@@ -82,3 +82,27 @@ def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
                           env={**os.environ, "WM_HOME": str(tmp_path)})
     assert proc.returncode == 2
     assert proc.stderr == "wm: error: data file nope.npz does not exist\n"
+
+
+def test_train_and_register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry import Registry
+
+    monkeypatch.setenv("WM_PASSPHRASE", "a passphrase for tests")
+    assert run("keygen", "--name", "alice", home=tmp_path)[0] == 0
+    out = tmp_path / "m.pt2"
+    code, stdout, stderr = run("train", "--epochs", "2", "--out", str(out), "--register", "m1",
+                               home=tmp_path)
+    assert code == 0, stderr
+    assert "registered:        m1 (log entry" in stdout
+    with Registry.open(f"sqlite:///{tmp_path / 'registry.db'}", create=False) as reg:
+        [mark] = reg.probesets("m1", kind="watermark")
+        assert mark.root == read_secret(secret_path(out)).probes.root
+    # the name is checked before any training happens
+    code, _, stderr = run("train", "--epochs", "2", "--out", str(tmp_path / "m2.pt2"),
+                          "--register", "m1", home=tmp_path)
+    assert code == 2 and "a model named 'm1' is already registered" in stderr
+    assert not (tmp_path / "m2.pt2").exists()
+    monkeypatch.setenv("WM_PASSPHRASE", "wrong")
+    code, _, stderr = run("train", "--epochs", "2", "--out", str(tmp_path / "m3.pt2"),
+                          "--register", "m3", home=tmp_path)
+    assert code == 2 and "wrong passphrase" in stderr and not (tmp_path / "m3.pt2").exists()

@@ -1,0 +1,124 @@
+"""Registering a trained model file, and its watermark secret, in one call.
+
+``wm train`` writes beside ``MODEL.pt2`` a secret sidecar ``MODEL.pt2.wmkey``
+(mode 0600), the RFC 8785 canonical JSON::
+
+    {"type": "wm.watermark-secret/v1", "key": base64(32-byte watermark key),
+     "probeset": base64(ProbeSet.to_bytes()), "scheme": "<scheme name>"}
+
+:func:`register_model` records the model (file and weights digests,
+architecture, input shape, classes, read off the ``.pt2``) and, when the
+sidecar exists, commits its probe set as the model's mark, the key and probes
+sealed for the owner. ``wm register`` and ``wm train --register`` both call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.canonical import b64d, parse_json
+from core.errors import InputError
+from registry.keys import OwnerKey
+from registry.log import Registry
+
+if TYPE_CHECKING:
+    from core.probeset import ProbeSet
+
+__all__ = [
+    "SIDECAR_SUFFIX",
+    "SIDECAR_TYPE",
+    "Registration",
+    "read_watermark_secret",
+    "register_model",
+]
+
+SIDECAR_SUFFIX = ".wmkey"
+SIDECAR_TYPE = "wm.watermark-secret/v1"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What :func:`register_model` wrote: the model's entry and, if any, the mark's id."""
+
+    name: str
+    model_entry: int
+    probeset_id: int | None
+    file_sha256: str
+
+
+def read_watermark_secret(path: str | Path) -> tuple[bytes, ProbeSet]:
+    """The watermark key and probe set from a ``.wmkey`` sidecar.
+
+    Raises:
+        InputError: unreadable or malformed (the message never quotes its content).
+    """
+    from core.probeset import ProbeSet
+
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read watermark secret {p}: {exc.strerror}") from exc
+    try:
+        doc = parse_json(raw, what=str(p))
+    except InputError as exc:
+        raise InputError(f"watermark secret {p} is not valid JSON") from exc
+    if not isinstance(doc, dict) or doc.get("type") != SIDECAR_TYPE:
+        raise InputError(f"{p} is not a {SIDECAR_TYPE} file")
+    if not isinstance(doc.get("key"), str) or not isinstance(doc.get("probeset"), str):
+        raise InputError(f"watermark secret {p} lacks its key or probe set")
+    key = b64d(doc["key"], what="watermark key")
+    probeset = ProbeSet.from_bytes(b64d(doc["probeset"], what="probe set"))
+    if isinstance(doc.get("scheme"), str) and doc["scheme"] != probeset.scheme:
+        raise InputError(f"watermark secret {p}: scheme differs from its probe set's")
+    return key, probeset
+
+
+def register_model(
+    registry: Registry,
+    owner_key: OwnerKey,
+    model_path: str | Path,
+    name: str,
+    *,
+    sidecar: str | Path | None = None,
+) -> Registration:
+    """Register ``model_path`` under ``name``, with its watermark if a sidecar exists.
+
+    Args:
+        registry: an open registry.
+        owner_key: the unlocked owner key that signs.
+        model_path: a wm ``.pt2`` file.
+        name: the model's name in the registry (unique).
+        sidecar: the watermark secret; default ``MODEL.pt2.wmkey`` when that exists.
+
+    Raises:
+        ModelFileError: not a loadable ``.pt2``. InputError: the name is taken or the
+            sidecar is malformed or does not fit the model.
+    """
+    from core.modelio import load_model, weights_digest
+
+    path = Path(model_path)
+    model = load_model(path)
+    secret = None
+    side = Path(sidecar) if sidecar is not None else path.with_name(path.name + SIDECAR_SUFFIX)
+    if sidecar is not None or side.exists():
+        secret = read_watermark_secret(side)
+        probeset = secret[1]
+        if probeset.num_classes != model.num_classes or probeset.input_shape != tuple(model.input_shape):
+            raise InputError(f"watermark secret {side} does not fit model {path}")
+    entry = registry.register_model(
+        owner_key,
+        name,
+        path,
+        weights_sha256=weights_digest(model.state_dict),
+        arch=model.arch,
+        input_shape=list(model.input_shape),
+        num_classes=model.num_classes,
+    )
+    probeset_id = None
+    if secret is not None:
+        probeset_id = registry.add_probeset(owner_key, name, secret[1], secret_key=secret[0])
+    info = registry.model(name)
+    return Registration(name=name, model_entry=entry, probeset_id=probeset_id, file_sha256=info.file_sha256)
