@@ -7,6 +7,7 @@ negative answer, see DESIGN.md).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,38 @@ def wm(ctx: click.Context, home: str | None, registry_url: str | None) -> None:
     """wm: ownership watermarks and fingerprints for PyTorch models."""
     h = wm_home(home)
     ctx.obj = Context(home=h, registry_url=default_registry_url(h, registry_url))
+    _set_torch_threads()
+
+
+def _set_torch_threads() -> None:
+    """One torch thread unless ``$WM_TORCH_THREADS`` says otherwise.
+
+    wm's models are small: one thread trains them as fast as two on an idle
+    machine, and does not collapse (measured 5 s against 79 s for `wm train`)
+    when the cores are shared with other work.
+    """
+    if "torch" not in sys.modules:
+        return  # commands that never touch a model do not pay for importing torch
+    import torch
+
+    value = os.environ.get("WM_TORCH_THREADS", "1")
+    try:
+        threads = int(value)
+    except ValueError:
+        raise WmError(f"WM_TORCH_THREADS must be a whole number, got {value!r}") from None
+    torch.set_num_threads(max(1, threads))
 
 
 def _register_commands() -> None:
     # Each command module adds itself to `wm`; imported here so `wm --help` lists all.
-    from cli import demo, registry_cmds, train  # noqa: F401
+    from cli import (  # noqa: F401
+        demo,
+        fingerprint_cmd,
+        guard_cmds,
+        registry_cmds,
+        train,
+        verify_cmds,
+    )
 
 
 def main() -> None:

@@ -1,0 +1,155 @@
+"""The reference server speaks the Open Inference Protocol's REST shapes, errors included."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from core.modelio import load_model, save_model
+from verifier.server import BackgroundServer, ServedModel, build_app, running_server
+
+from .helpers import untrained
+
+X = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("srv") / "m.pt2"
+    save_model(untrained("mlp"), path, input_shape=(1, 8, 8), num_classes=10, arch="mlp")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path) -> Iterator[BackgroundServer]:
+    loaded = load_model(model_path)
+    app = build_app({"m": ServedModel(loaded, "labels"), "p": ServedModel(loaded, "probabilities")})
+    with running_server(app) as srv:
+        yield srv
+
+
+def _infer_body(**over: object) -> dict:
+    tensor: dict[str, object] = {"name": "input-0", "shape": [3, 1, 8, 8], "datatype": "FP32",
+              "data": X.reshape(-1).tolist()}
+    tensor.update(over)
+    return {"inputs": [tensor]}
+
+
+def test_server_and_model_metadata(server: BackgroundServer) -> None:
+    with httpx.Client(base_url=server.url) as c:
+        meta = c.get("/v2").json()
+        assert meta["name"] == "wm" and "version" in meta and meta["extensions"] == []
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+        m = c.get("/v2/models/m").json()
+        assert m["name"] == "m" and m["versions"] == ["1"]
+        assert m["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+        assert m["outputs"] == [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+        assert c.get("/v2/models/p/versions/1").json()["outputs"][0]["shape"] == [-1, 10]
+        assert c.get("/v2/models/m/ready").json() == {"name": "m", "ready": True}
+
+
+def test_infer_answers_labels_and_probabilities(server: BackgroundServer, model_path: Path) -> None:
+    want = load_model(model_path)(X)
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post("/v2/models/m/infer", json={"id": "req-7", **_infer_body()})
+        assert r.status_code == 200
+        doc = r.json()
+        assert doc["model_name"] == "m" and doc["id"] == "req-7"
+        out = doc["outputs"][0]
+        assert out["name"] == "output-0" and out["datatype"] == "INT64" and out["shape"] == [3]
+        assert out["data"] == want.argmax(1).tolist()
+        p = c.post("/v2/models/p/versions/1/infer", json=_infer_body()).json()["outputs"][0]
+        assert p["datatype"] == "FP32" and p["shape"] == [3, 10]
+        assert torch.allclose(torch.tensor(p["data"]).reshape(3, 10), torch.softmax(want, 1), atol=1e-6)
+        v1 = c.post("/v1/models/p:predict", json={"instances": X.tolist()}).json()
+        assert torch.tensor(v1["predictions"]).argmax(1).tolist() == want.argmax(1).tolist()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v2/models/nobody/infer", _infer_body(), 404, "model 'nobody' is not found"),
+        ("/v2/models/m/versions/9/infer", _infer_body(), 404, "has no version '9'"),
+        ("/v2/models/m/infer", {"inputs": []}, 400, "exactly one input tensor"),
+        ("/v2/models/m/infer", {"nothing": 1}, 400, "exactly one input tensor"),
+        ("/v2/models/m/infer", [1, 2], 400, "must be a JSON object"),
+        ("/v2/models/m/infer", _infer_body(datatype="BYTES"), 400, "datatype 'BYTES' is not supported"),
+        ("/v2/models/m/infer", _infer_body(shape=[3, 1, 8, 9]), 400, "holds 192 values but shape"),
+        ("/v2/models/m/infer", _infer_body(shape=[3, 64], data=[0.0] * 192), 400, "does not match"),
+        ("/v2/models/m/infer", _infer_body(name="x"), 400, "unexpected inference input 'x'"),
+        ("/v2/models/m/infer", _infer_body(data=["a"] * 192), 400, "holds a str"),
+        ("/v2/models/m/infer", {**_infer_body(), "outputs": [{"name": "zz"}]}, 400,
+         "unexpected inference output 'zz'"),
+        ("/v1/models/m:predict", {"instances": []}, 400, "'instances' is empty"),
+        ("/v1/models/m:predict", {"rows": []}, 400, "needs an 'instances' list"),
+    ],
+)
+def test_errors_are_oip_shaped(server: BackgroundServer, path: str, body: object, status: int,
+                               message: str) -> None:
+    r = httpx.post(server.url + path, json=body)
+    assert r.status_code == status
+    assert message in r.json()["error"]
+
+
+def test_malformed_json_and_methods(server: BackgroundServer) -> None:
+    r = httpx.post(server.url + "/v2/models/m/infer", content=b'{"inputs": [NaN]}')
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = httpx.get(server.url + "/v2/models/m/infer")
+    assert r.status_code == 405 and "error" in r.json()
+    r = httpx.get(server.url + "/v3/anything")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_wm_serve_binds_loopback_and_serves(model_path: Path) -> None:
+    port = _free_port()
+    wm = Path(sys.executable).with_name("wm")
+    proc = subprocess.Popen([str(wm), "serve", str(model_path), "--port", str(port), "--name", "x",
+                             "--output", "probabilities"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v2/models/x", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    pytest.fail(f"wm serve did not come up: {err}")
+                time.sleep(0.2)
+        assert r.json()["outputs"][0]["datatype"] == "FP32"
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port}" in listening
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_wm_serve_bad_model_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"not a model")
+    from click.testing import CliRunner
+
+    from cli.main import _register_commands, wm
+
+    _register_commands()
+    r = CliRunner().invoke(wm, ["serve", str(bad)])
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1 and r.output.startswith("wm: error:")
+    assert "not a torch.export .pt2" in r.output

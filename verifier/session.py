@@ -1,0 +1,565 @@
+"""The query plan and the verification session: probes among decoys, a transcript, resume.
+
+A :class:`QueryPlan` takes unspent probes from each committed probe set
+(round-robin up to the budget), mixes them with decoys (ordinary
+in-distribution inputs, so that a suspect cannot tell verification queries by
+their look or their order), shuffles everything with a fresh random seed and
+cuts it into batches. On ``digits`` the decoys are the test split; for your
+own data pass ``--decoys FILE.npz`` (its test split is used), inputs of the
+same shape that your model's users would send.
+
+The :class:`VerificationSession` sends the batches (up to ``concurrency`` in
+flight), records spent probes *before* each batch leaves, and writes the
+transcript as it goes: JSON Lines, one ``header`` line, then one ``query``
+line per answered request (items with their input digests, request and answer
+SHA-256, status, attempts, latency, time, labels) or an ``error`` line, and an
+``end`` line. Each line is flushed and fsynced. After every answered batch the
+anytime-valid statistics (:mod:`verifier.stats`) are updated in plan order;
+in sequential mode the session stops once they reach ``alpha``.
+:meth:`VerificationSession.resume` reads a transcript back (a torn last line
+is dropped) and continues with the batches that have no answer, so no
+answered query is repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.canonical import b64d, b64e, canonical_json
+from core.errors import InputError, SuspectError
+from core.probeset import ProbeSet
+from verifier.protocols import Answer, Detection, SuspectClient
+from verifier.stats import Mode, Statistics, TestInput, compute_statistics
+
+__all__ = [
+    "TRANSCRIPT_TYPE",
+    "PlanItem",
+    "ProbeSource",
+    "QueryPlan",
+    "SessionResult",
+    "VerificationSession",
+    "input_digest",
+    "read_transcript",
+    "tests_from_records",
+]
+
+TRANSCRIPT_TYPE = "wm.transcript/v1"
+DECOY = -1
+SpendFn = Callable[[int, list[int]], None]
+
+
+def input_digest(x: np.ndarray | torch.Tensor) -> str:
+    """SHA-256 (hex) of one input's float32 little-endian bytes, C order."""
+    arr = x.numpy() if isinstance(x, torch.Tensor) else x
+    return hashlib.sha256(np.ascontiguousarray(arr, dtype="<f4").tobytes()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeSource:
+    """One committed probe set to test, and which of its probes may be sent.
+
+    Attributes:
+        model: the registered model the probes belong to.
+        probes: the (secret) probe set.
+        indices: probes that may be sent (the unspent ones).
+        probeset_id: its id in the registry, when it came from one.
+    """
+
+    model: str
+    probes: ProbeSet
+    indices: tuple[int, ...]
+    probeset_id: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Public description (no inputs, labels or salts)."""
+        s = self.probes.summary()
+        return {
+            "model": self.model,
+            "probeset_id": self.probeset_id,
+            "kind": s["kind"],
+            "scheme": s["scheme"],
+            "size": s["size"],
+            "num_classes": s["num_classes"],
+            "input_shape": s["input_shape"],
+            "null": s["null"],
+            "root": b64e(self.probes.root),
+        }
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One input of the plan: probe ``index`` of source ``source``, or decoy ``index`` (source -1)."""
+
+    source: int
+    index: int
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """Batches of shuffled probes and decoys, fixed before the first query."""
+
+    batches: tuple[tuple[PlanItem, ...], ...]
+    seed: bytes
+
+    @classmethod
+    def build(
+        cls,
+        sources: Sequence[ProbeSource],
+        *,
+        decoy_count: int,
+        budget: int,
+        batch_size: int,
+        decoy_ratio: float = 1.0,
+        seed: bytes | None = None,
+    ) -> QueryPlan:
+        """Draw up to ``budget`` probes round-robin over ``sources``, mix in decoys, batch.
+
+        Raises:
+            InputError: no sources, no unspent probes, a bad budget or batch size.
+        """
+        if not sources:
+            raise InputError("no probe sets to verify with", hint="register a model with a watermark")
+        if budget < 1:
+            raise InputError(f"budget must be at least 1, got {budget}")
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        if decoy_ratio < 0:
+            raise InputError("decoy ratio must be >= 0")
+        if decoy_ratio > 0 and decoy_count < 1:
+            raise InputError("decoys were asked for but none were given")
+        seed = seed if seed is not None else secrets.token_bytes(16)
+        rng = np.random.default_rng(np.frombuffer(hashlib.sha256(seed).digest(), dtype=np.uint32))
+        queues = [list(rng.permutation(np.asarray(s.indices, dtype=np.int64))) for s in sources]
+        if not any(queues):
+            raise InputError("every probe of the named models is already spent",
+                             hint="commit a new watermark or fingerprint")
+        probes: list[PlanItem] = []
+        while len(probes) < budget and any(queues):
+            for si, q in enumerate(queues):
+                if q and len(probes) < budget:
+                    probes.append(PlanItem(si, int(q.pop(0))))
+        n_decoys = round(decoy_ratio * len(probes))
+        decoys = [PlanItem(DECOY, int(i)) for i in rng.integers(0, max(decoy_count, 1), n_decoys)]
+        items = probes + decoys
+        order = rng.permutation(len(items))
+        shuffled = [items[int(i)] for i in order]
+        batches = tuple(
+            tuple(shuffled[i : i + batch_size]) for i in range(0, len(shuffled), batch_size)
+        )
+        return cls(batches=batches, seed=seed)
+
+    def to_json(self) -> list[list[list[int]]]:
+        """``[[[source, index], ...], ...]`` per batch."""
+        return [[[it.source, it.index] for it in b] for b in self.batches]
+
+    @classmethod
+    def from_json(cls, batches: Any, seed: bytes) -> QueryPlan:
+        """Inverse of :meth:`to_json`."""
+        try:
+            return cls(
+                batches=tuple(tuple(PlanItem(int(s), int(i)) for s, i in b) for b in batches),
+                seed=seed,
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"transcript plan is malformed: {exc}") from exc
+
+
+def tests_from_records(
+    sources: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    labels_of: Callable[[int, int], int],
+) -> list[TestInput]:
+    """Match bits per source, in plan order, from transcript ``query`` records.
+
+    Args:
+        sources: the header's public source descriptions.
+        records: transcript lines (only ``query`` ones are used, in order).
+        labels_of: the committed label of probe ``(source, index)``.
+    """
+    from core.probeset import null_from_dict
+
+    bits: list[list[bool]] = [[] for _ in sources]
+    positions: list[list[int]] = [[] for _ in sources]
+    t = 0
+    for rec in records:
+        if rec.get("type") != "query":
+            continue
+        for (src, idx, _digest), label in zip(rec["items"], rec["labels"], strict=True):
+            if src == DECOY:
+                continue
+            t += 1
+            bits[src].append(int(label) == labels_of(src, idx))
+            positions[src].append(t)
+    return [
+        TestInput(
+            model=str(s["model"]),
+            kind=str(s["kind"]),
+            null=null_from_dict(s["null"]),
+            bits=tuple(b),
+            positions=tuple(p),
+        )
+        for s, b, p in zip(sources, bits, positions, strict=True)
+    ]
+
+
+def read_transcript(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and records of a transcript; a torn last line is dropped.
+
+    Raises:
+        InputError: unreadable, no header, or a damaged line before the last.
+    """
+    p = Path(path)
+    try:
+        lines = p.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise InputError(f"cannot read transcript {p}: {exc.strerror}") from exc
+    if lines and lines[-1] == b"":
+        lines.pop()
+    docs: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        try:
+            doc = json.loads(line)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            if i == len(lines) - 1:
+                break  # torn by a crash mid-write: that query gets sent again
+            raise InputError(f"transcript {p}: line {i + 1} is damaged") from exc
+        docs.append(doc)
+    if not docs or docs[0].get("type") != TRANSCRIPT_TYPE:
+        raise InputError(f"{p} is not a wm transcript")
+    return docs[0], docs[1:]
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline, so appends start clean."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "rb+") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@dataclass
+class SessionResult:
+    """A finished (or stopped) run: statistics, transcript, and what was sent."""
+
+    statistics: Statistics
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+    sources: list[ProbeSource]
+    transcript: Path
+    stopped_early: bool
+    sent: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        """Answered requests."""
+        return sum(1 for r in self.records if r.get("type") == "query")
+
+    @property
+    def decoys(self) -> int:
+        """Answered decoy inputs."""
+        return sum(
+            1 for r in self.records if r.get("type") == "query" for it in r["items"] if it[0] == DECOY
+        )
+
+
+class VerificationSession:
+    """Runs a plan against a suspect, writing the transcript as it goes.
+
+    Args:
+        client: the suspect's API client (its :meth:`~SuspectClient.describe` is
+            called once when the run starts).
+        sources: the probe sets being tested.
+        decoys: in-distribution inputs ``[M, C, H, W]``.
+        plan: the batches.
+        transcript: path of the JSON Lines transcript.
+        alpha: decision level.
+        mode: ``"sequential"`` (stop once alpha is reached) or ``"fixed"`` (send all).
+        models: every model named (for the multiple-testing correction).
+        spend: called as ``spend(source, indices)`` before a batch with those probes leaves.
+        detection: what protocol detection found, when it ran already.
+        header_extra: more fields for the transcript header.
+    """
+
+    def __init__(
+        self,
+        client: SuspectClient,
+        sources: Sequence[ProbeSource],
+        decoys: torch.Tensor,
+        plan: QueryPlan,
+        transcript: str | Path,
+        *,
+        alpha: float,
+        mode: Mode = "sequential",
+        models: Sequence[str] | None = None,
+        spend: SpendFn | None = None,
+        detection: Detection | None = None,
+        header_extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.sources = list(sources)
+        self.decoys = decoys
+        self.plan = plan
+        self.path = Path(transcript)
+        self.alpha = alpha
+        self.mode = mode
+        self.models = list(dict.fromkeys(models if models is not None else [s.model for s in sources]))
+        self.spend = spend
+        self.detection = detection
+        self.header_extra = header_extra or {}
+        shapes = {s.probes.input_shape for s in self.sources}
+        if len(shapes) != 1 or (decoys.numel() and tuple(decoys.shape[1:]) not in shapes):
+            raise InputError("probes and decoys must all have the same input shape")
+        classes = {s.probes.num_classes for s in self.sources}
+        if len(classes) != 1:
+            raise InputError("all probe sets must have the same number of classes")
+        self._done: dict[int, dict[str, Any]] = {}
+        self._header: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- transcript
+
+    def _decoys_digest(self) -> str:
+        return hashlib.sha256(
+            np.ascontiguousarray(self.decoys.numpy(), dtype="<f4").tobytes()
+        ).hexdigest()
+
+    def _make_header(self) -> dict[str, Any]:
+        det = self.detection.to_dict() if self.detection else None
+        return {
+            "type": TRANSCRIPT_TYPE,
+            "created": _now(),
+            "suspect": {"url": self.client.url, "protocol": self.client.protocol, "detected": det},
+            "alpha": self.alpha,
+            "mode": self.mode,
+            "models": self.models,
+            "sources": [s.describe() for s in self.sources],
+            "decoys": {"count": int(self.decoys.shape[0]), "sha256": self._decoys_digest()},
+            "seed": b64e(self.plan.seed),
+            "plan": self.plan.to_json(),
+            **self.header_extra,
+        }
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        line = json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    @classmethod
+    def resume(
+        cls,
+        transcript: str | Path,
+        client: SuspectClient,
+        sources: Sequence[ProbeSource],
+        decoys: torch.Tensor,
+        *,
+        spend: SpendFn | None = None,
+        detection: Detection | None = None,
+    ) -> VerificationSession:
+        """Continue the run recorded in ``transcript`` with the same suspect and probe sets.
+
+        Raises:
+            InputError: not a transcript, or one made with other probe sets, decoys or suspect.
+        """
+        header, records = read_transcript(transcript)
+        _drop_torn_tail(Path(transcript))
+        if header.get("suspect", {}).get("url") != client.url:
+            raise InputError("--resume: the transcript is for another suspect URL")
+        want = [s.describe()["root"] for s in sources]
+        have = [s.get("root") for s in header.get("sources", [])]
+        if want != have:
+            raise InputError("--resume: the transcript was made with other probe sets")
+        plan = QueryPlan.from_json(header.get("plan"), b64d(str(header.get("seed", "")), what="seed"))
+        session = cls(
+            client, sources, decoys, plan, transcript,
+            alpha=float(header["alpha"]), mode=header["mode"], models=header.get("models"),
+            spend=spend, detection=detection,
+        )
+        if header.get("decoys", {}).get("sha256") != session._decoys_digest():
+            raise InputError("--resume: the transcript was made with other decoys")
+        session._header = header
+        for rec in records:
+            if rec.get("type") == "query":
+                session._done[int(rec["batch"])] = rec
+        return session
+
+    # ---------------------------------------------------------------- running
+
+    def _batch_inputs(self, b: int) -> np.ndarray:
+        xs = [
+            self.decoys[it.index] if it.source == DECOY else self.sources[it.source].probes.inputs[it.index]
+            for it in self.plan.batches[b]
+        ]
+        return torch.stack(xs).numpy()
+
+    def _record(self, b: int, x: np.ndarray, answer: Answer) -> dict[str, Any]:
+        return {
+            "type": "query",
+            "batch": b,
+            "items": [
+                [it.source, it.index, input_digest(x[j])] for j, it in enumerate(self.plan.batches[b])
+            ],
+            "status": answer.status,
+            "output": answer.output,
+            "labels": [int(v) for v in answer.labels],
+            "request_sha256": answer.request_sha256,
+            "response_sha256": answer.response_sha256,
+            "attempts": answer.attempts,
+            "latency_s": round(answer.latency_s, 6),
+            "time": answer.time,
+        }
+
+    def _label(self, src: int, idx: int) -> int:
+        return int(self.sources[src].probes.expected[idx])
+
+    def statistics(self) -> Statistics:
+        """The statistics over the batches answered so far, in plan order."""
+        records = [self._done[b] for b in sorted(self._done)]
+        tests = tests_from_records([s.describe() for s in self.sources], records, self._label)
+        return compute_statistics(tests, alpha=self.alpha, mode=self.mode, models=self.models)
+
+    def _would_reach(self, in_flight: Sequence[int]) -> bool:
+        """Whether the batches in flight could reach alpha if every probe in them matched.
+
+        Keeps the look-ahead of a sequential run to what it may need, so that
+        an exact copy is not sent batches after the evidence already suffices.
+        """
+        if self.mode != "sequential" or not in_flight:
+            return False
+        hypothetical = {
+            b: {
+                "type": "query",
+                "items": [[it.source, it.index, ""] for it in self.plan.batches[b]],
+                "labels": [
+                    0 if it.source == DECOY else self._label(it.source, it.index)
+                    for it in self.plan.batches[b]
+                ],
+            }
+            for b in in_flight
+        }
+        records = [{**self._done, **hypothetical}[b] for b in sorted({*self._done, *hypothetical})]
+        tests = tests_from_records([s.describe() for s in self.sources], records, self._label)
+        stats = compute_statistics(tests, alpha=self.alpha, mode=self.mode, models=self.models)
+        return stats.verdict == "owned"
+
+    def _reached(self) -> bool:
+        return self.mode == "sequential" and self.statistics().verdict == "owned"
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> SessionResult:
+        """Send the unanswered batches (stopping early in sequential mode); the result.
+
+        Raises:
+            SuspectError: the suspect failed; the transcript keeps everything so far
+                and :meth:`resume` continues from it.
+        """
+        if self.detection is None:
+            self.detection = self.client.describe()
+        if self._header is None:
+            self._header = self._make_header()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size:
+                raise InputError(f"transcript {self.path} exists already", hint="use --resume to continue it")
+            self._write(self._header)
+        total = len(self.plan.batches)
+        todo = deque(b for b in range(total) if b not in self._done)
+        # Statistics consume batches in plan order; answered-in-order prefix decides stopping.
+        stopped = self._reached()
+        in_flight: deque[tuple[int, np.ndarray, Future[Answer]]] = deque()
+        error: SuspectError | None = None
+        with ThreadPoolExecutor(max_workers=self.client.settings.concurrency) as pool:
+
+            def submit() -> None:
+                b = todo.popleft()
+                x = self._batch_inputs(b)
+                if self.spend is not None:
+                    by_source: dict[int, list[int]] = {}
+                    for it in self.plan.batches[b]:
+                        if it.source != DECOY:
+                            by_source.setdefault(it.source, []).append(it.index)
+                    for src, idx in by_source.items():
+                        self.spend(src, idx)
+                in_flight.append((b, x, pool.submit(self.client.infer, x)))
+
+            def fill() -> None:
+                while (
+                    not stopped
+                    and todo
+                    and len(in_flight) < self.client.settings.concurrency
+                    and not self._would_reach([b for b, _, _ in in_flight])
+                ):
+                    submit()
+
+            fill()
+            while in_flight:
+                b, x, fut = in_flight.popleft()
+                try:
+                    answer = fut.result()
+                except SuspectError as exc:
+                    self._write({"type": "error", "batch": b, "time": _now(), "error": str(exc)})
+                    error = error or exc
+                    continue
+                rec = self._record(b, x, answer)
+                self._write(rec)
+                self._done[b] = rec
+                if progress is not None:
+                    progress(len(self._done), total)
+                if error is None and not stopped:
+                    stopped = self._reached()
+                    fill()
+        if error is not None:
+            raise error
+        reason = "alpha reached" if stopped else "plan completed"
+        self._write({"type": "end", "time": _now(), "reason": reason})
+        records = [self._done[b] for b in sorted(self._done)]
+        sent: dict[int, list[int]] = {}
+        for rec in records:
+            for src, idx, _ in rec["items"]:
+                if src != DECOY:
+                    sent.setdefault(src, []).append(idx)
+        return SessionResult(
+            statistics=self.statistics(),
+            header=self._header,
+            records=records,
+            sources=self.sources,
+            transcript=self.path,
+            stopped_early=stopped and len(self._done) < total,
+            sent=sent,
+        )
+
+    @property
+    def header(self) -> dict[str, Any] | None:
+        """The transcript header, once written or read."""
+        return self._header
+
+
+def public_header(header: dict[str, Any]) -> dict[str, Any]:
+    """The header without the plan (which names probes that were never sent)."""
+    out = dict(header)
+    out.pop("plan", None)
+    return out
+
+
+def canonical_records(records: Sequence[dict[str, Any]]) -> bytes:
+    """Canonical bytes of a record list (for digests)."""
+    return canonical_json(list(records))
