@@ -74,14 +74,7 @@ def _set_torch_threads() -> None:
 
 def _register_commands() -> None:
     # Each command module adds itself to `wm`; imported here so `wm --help` lists all.
-    from cli import (  # noqa: F401
-        demo,
-        fingerprint_cmd,
-        guard_cmds,
-        registry_cmds,
-        train,
-        verify_cmds,
-    )
+    from cli import demo, registry_cmds, train, verify_cmds  # noqa: F401
 
 
 def main() -> None:
