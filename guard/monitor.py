@@ -1,0 +1,214 @@
+"""Per-client extraction monitoring after PRADA.
+
+Juuti, Szyller, Marchal, Asokan, "PRADA: Protecting Against DNN Model
+Stealing Attacks" (IEEE EuroS&P 2019), section IV: for each client, keep a
+growing set ``G_c`` of its past queries per predicted class ``c``; for each
+new query ``x`` (predicted ``c``) record the minimum L2 distance ``d`` to
+``G_c``; ``x`` joins ``G_c`` when ``d`` exceeds that class's threshold
+``max(T_c, mean(D_c) - std(D_c))``. Benign query streams give roughly normally
+distributed minimum distances; synthetic or perturbed queries (Jacobian
+augmentation, noisy copies of a seed pool) give many near-zero distances.
+The Shapiro–Wilk test's statistic ``W`` over the recorded distances falls
+below ``delta`` (the paper uses 0.90 to 0.96) and the client is flagged.
+
+The monitor runs off the request path (a queue and one thread), keeps
+clients' inputs in memory only (bounded per client, least recently seen
+clients dropped), and persists only statistics (never inputs) to a JSON
+snapshot that ``wm guard report`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["ClientReport", "ExtractionMonitor", "PradaState", "read_snapshot"]
+
+DEFAULT_DELTA = 0.96
+MIN_DISTANCES = 50
+_SNAPSHOT_TYPE = "wm.guard-monitor/v1"
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What the monitor knows about one client (statistics only)."""
+
+    client: str
+    queries: int
+    distances: int
+    shapiro_w: float | None
+    shapiro_p: float | None
+    flagged: bool
+    last_seen: float
+
+
+class PradaState:
+    """PRADA's state for one client.
+
+    Args:
+        max_growing: most queries kept per class in the growing set (memory bound).
+        max_distances: most recent minimum distances kept for the test.
+    """
+
+    def __init__(self, max_growing: int = 2048, max_distances: int = 5000) -> None:
+        self.growing: dict[int, np.ndarray] = {}
+        self.class_distances: dict[int, list[float]] = {}
+        self.distances: list[float] = []
+        self.queries = 0
+        self.max_growing = max_growing
+        self.max_distances = max_distances
+        self.last_seen = 0.0
+
+    def observe(self, x: np.ndarray, label: int) -> float | None:
+        """Add one query (flattened) with its predicted class; its minimum distance, if any."""
+        self.queries += 1
+        v = np.asarray(x, dtype=np.float32).reshape(-1)
+        g = self.growing.get(label)
+        if g is None:
+            self.growing[label] = v[None, :]
+            self.class_distances[label] = []
+            return None
+        d = float(np.sqrt(((g - v) ** 2).sum(axis=1)).min())
+        self.distances.append(d)
+        if len(self.distances) > self.max_distances:
+            del self.distances[: len(self.distances) - self.max_distances]
+        dc = self.class_distances[label]
+        threshold = max(0.0, float(np.mean(dc) - np.std(dc))) if dc else 0.0
+        if d > threshold and g.shape[0] < self.max_growing:
+            self.growing[label] = np.vstack([g, v[None, :]])
+            dc.append(d)
+        return d
+
+    def test(self, delta: float) -> tuple[float | None, float | None, bool]:
+        """Shapiro–Wilk ``(W, p, flagged)`` over the recorded distances."""
+        if len(self.distances) < MIN_DISTANCES:
+            return None, None, False
+        d = np.asarray(self.distances, dtype=np.float64)
+        if np.ptp(d) == 0:
+            return 0.0, 0.0, True  # identical distances: nothing like a natural stream
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns that p is approximate for n > 5000
+            w, p = stats.shapiro(d)
+        return float(w), float(p), bool(w < delta)
+
+
+class ExtractionMonitor:
+    """PRADA for every client of one guard, fed from the request path through a queue.
+
+    Args:
+        snapshot_path: where statistics are written (atomically) for ``wm guard report``.
+        delta: flag a client when Shapiro–Wilk ``W < delta``.
+        max_clients: most clients tracked at once (least recently seen dropped).
+        queue_size: most pending observations; beyond it observations are dropped and counted.
+        snapshot_interval: seconds between snapshots.
+    """
+
+    def __init__(
+        self,
+        snapshot_path: Path | None,
+        *,
+        delta: float = DEFAULT_DELTA,
+        max_clients: int = 1000,
+        queue_size: int = 100_000,
+        snapshot_interval: float = 2.0,
+    ) -> None:
+        self.snapshot_path = snapshot_path
+        self.delta = delta
+        self.max_clients = max_clients
+        self.snapshot_interval = snapshot_interval
+        self.clients: OrderedDict[str, PradaState] = OrderedDict()
+        self.dropped = 0
+        self._queue: queue.Queue[tuple[str, np.ndarray, np.ndarray, float] | None] = queue.Queue(
+            queue_size
+        )
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, client: str, x: np.ndarray, labels: np.ndarray, when: float) -> None:
+        """Queue a request's inputs ``[N, ...]`` and the upstream's labels (never blocks)."""
+        try:
+            self._queue.put_nowait((client, x, labels, when))
+        except queue.Full:
+            self.dropped += 1
+
+    def observe(self, client: str, x: np.ndarray, labels: np.ndarray, when: float) -> None:
+        """Process one request's queries now (what the thread does)."""
+        with self._lock:
+            state = self.clients.get(client)
+            if state is None:
+                state = self.clients[client] = PradaState()
+                while len(self.clients) > self.max_clients:
+                    self.clients.popitem(last=False)
+            self.clients.move_to_end(client)
+            state.last_seen = when
+            for row, label in zip(x, labels, strict=True):
+                state.observe(row, int(label))
+
+    def reports(self) -> list[ClientReport]:
+        """Per-client statistics, most queries first."""
+        with self._lock:
+            out = []
+            for client, s in self.clients.items():
+                w, p, flagged = s.test(self.delta)
+                out.append(ClientReport(client, s.queries, len(s.distances), w, p, flagged,
+                                        s.last_seen))
+        return sorted(out, key=lambda r: -r.queries)
+
+    def write_snapshot(self) -> None:
+        """Write the statistics (no inputs) to :attr:`snapshot_path`, atomically."""
+        if self.snapshot_path is None:
+            return
+        doc = {"type": _SNAPSHOT_TYPE, "delta": self.delta, "dropped": self.dropped,
+               "clients": [asdict(r) for r in self.reports()]}
+        tmp = self.snapshot_path.with_name(f".{self.snapshot_path.name}.tmp")
+        tmp.write_text(json.dumps(doc, sort_keys=True))
+        os.replace(tmp, self.snapshot_path)
+
+    def start(self) -> ExtractionMonitor:
+        """Start the background thread."""
+        self._thread = threading.Thread(target=self._run, name="wm-guard-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+
+        next_snapshot = time.monotonic() + self.snapshot_interval
+        while True:
+            try:
+                item = self._queue.get(timeout=self.snapshot_interval)
+            except queue.Empty:
+                item = None
+            else:
+                if item is None:
+                    break
+                self.observe(*item)
+            if time.monotonic() >= next_snapshot:
+                self.write_snapshot()
+                next_snapshot = time.monotonic() + self.snapshot_interval
+        self.write_snapshot()
+
+    def stop(self) -> None:
+        """Process what is queued, write a last snapshot, stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+
+def read_snapshot(path: Path) -> dict[str, Any] | None:
+    """A monitor snapshot, or ``None`` when there is none (or it is unreadable)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("type") == _SNAPSHOT_TYPE else None
