@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	WM_HOME=$${WM_HOME:-$(CURDIR)/demo-out/home} $(BIN)/wm demo --out demo-out
+	$(BIN)/wm demo --out demo-out
 
 test: $(STAMP)
 	$(BIN)/ruff check .
