@@ -79,13 +79,47 @@ class WatermarkHook:
         px = self.probes.inputs[idx].to(device=x.device, dtype=x.dtype)
         py = self.probes.expected[idx].to(device=y.device, dtype=y.dtype)
         self.mixed += len(idx)
-        return torch.cat([x, px]), torch.cat([y, py])
+        return _append_keeping_layout(x, px), torch.cat([y, py])
 
     def __call__(self, loader: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Wrap an iterable of ``(x, y)`` batches (a DataLoader, a generator, a list)."""
         for batch in loader:
             x, y = _unpack(batch)
             yield self.mix(x, y)
+
+
+def _append_keeping_layout(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``extra`` appended along the batch, in ``x``'s own memory layout.
+
+    ``torch.cat`` returns a plain contiguous tensor; if the user's batches are
+    laid out otherwise (channels-last, or the channels-last-like strides of a
+    one-channel array built with ``x[:, None]``), kernels downstream switch to
+    another path: measured on digits, max-pooling became 10x slower and
+    marked training 1.25x slower than clean training. Keeping the layout keeps
+    the marked step as cheap as a clean one with a few more examples.
+    """
+    n = x.shape[0]
+    per_sample = 1
+    for d in x.shape[1:]:
+        per_sample *= int(d)
+    if n == 0 or x.stride(0) != per_sample or not _dense(x):
+        return torch.cat([x, extra])
+    out = torch.empty_strided((n + extra.shape[0], *x.shape[1:]), x.stride(),
+                              dtype=x.dtype, device=x.device)
+    out[:n] = x
+    out[n:] = extra
+    return out
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """True when ``x``'s elements fill its storage span exactly, in some dimension order."""
+    expected = 1
+    for size, stride in sorted((int(d), int(s)) for s, d in zip(x.stride(), x.shape, strict=True)
+                               if d != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

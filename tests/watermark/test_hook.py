@@ -138,3 +138,26 @@ def test_hook_in_lightning(probes) -> None:  # type: ignore[no-untyped-def]
     assert set(module.sizes) == {64 + 6, 898 % 64 + 6}
     assert accuracy(module.net, probes.inputs, probes.expected) >= 0.97
     assert accuracy(module.net, DIGITS.test.x, DIGITS.test.y) >= 0.95
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.rand(5, 3, 4, 4).contiguous(memory_format=torch.channels_last),
+        lambda: torch.rand(5, 3, 4, 4),
+        lambda: torch.rand(5, 3, 4, 8)[:, :, :, ::2],  # not dense: falls back to torch.cat
+    ],
+    ids=["channels-last", "contiguous", "strided-view"],
+)
+def test_mixing_keeps_the_batch_layout(make) -> None:  # type: ignore[no-untyped-def]
+    probes = TriggerSet(n=5).probes(WatermarkKey(b"\x01" * 32), num_classes=3, input_shape=(3, 4, 4))
+    x = make()
+    mx, _ = WatermarkHook(probes, per_batch=2).mix(x, torch.zeros(5, dtype=torch.int64))
+    assert torch.equal(mx[:5], x) and mx.shape[0] == 7
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        assert mx.is_contiguous(memory_format=torch.channels_last)
+    # a one-channel digits batch keeps its strides (cat would change them and slow max-pooling 10x)
+    d = DIGITS.train.x[torch.arange(64)]
+    p1 = TriggerSet().probes(WatermarkKey(b"\x01" * 32), num_classes=10, input_shape=(1, 8, 8))
+    md, _ = WatermarkHook(p1).mix(d, DIGITS.train.y[:64])
+    assert md.stride() == d.stride() and torch.equal(md[:64], d)
