@@ -74,7 +74,14 @@ def _set_torch_threads() -> None:
 
 def _register_commands() -> None:
     # Each command module adds itself to `wm`; imported here so `wm --help` lists all.
-    from cli import demo, guard_cmds, registry_cmds, train, verify_cmds  # noqa: F401
+    from cli import (  # noqa: F401
+        demo,
+        fingerprint_cmd,
+        guard_cmds,
+        registry_cmds,
+        train,
+        verify_cmds,
+    )
 
 
 def main() -> None:

@@ -1,0 +1,143 @@
+"""``wm fingerprint NAME``: a calibrated CAE fingerprint, committed to the registry.
+
+Generates conferrable adversarial examples of a registered model
+(:mod:`fingerprint`, after Lukas, Zhang, Kerschbaum, ICLR 2021), calibrates
+their null on held-out references, and stores the ``ProbeSet`` for NAME:
+sealed for the owner, its Merkle root and null signed and logged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from cli.main import Context, wm
+from cli.progress import interactive
+from core.data import load_data
+from core.errors import InputError, ModelFileError
+from core.modelio import check_input_shape, file_digest, load_model, to_trainable, weights_digest
+from fingerprint import EnsembleConfig, build_fingerprint, parse_cae
+
+__all__ = ["fingerprint_cmd", "model_progress"]
+
+
+@contextmanager
+def model_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A ``progress(stage, done, total)`` callback: a bar per stage on a terminal, else silent."""
+    if not interactive():
+        yield lambda stage, done, total: None
+        return
+    bars: dict[str, Any] = {}
+    last: dict[str, int] = {}
+    try:
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                for b in bars.values():
+                    b.render_finish()
+                bars[stage] = click.progressbar(length=total, label=f"training {stage}",
+                                                file=sys.stderr)
+                bars[stage].__enter__()
+                last[stage] = 0
+            bars[stage].update(done - last[stage])
+            last[stage] = done
+
+        yield update
+    finally:
+        for b in bars.values():
+            b.__exit__(None, None, None)
+
+
+@wm.command("fingerprint")
+@click.argument("name")
+@click.option("--data", "data_spec", required=True,
+              help="'digits' (built in) or the .npz the model was trained on.")
+@click.option("--model", "model_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The registered model file (.pt2); its SHA-256 must match the registry.")
+@click.option("--size", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Fingerprint probes to keep.")
+@click.option("--surrogates", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Surrogates per architecture, in each of the generation and held-out sets.")
+@click.option("--references", default=6, show_default=True, type=click.IntRange(min=2),
+              help="References per architecture, in each of the generation and held-out sets.")
+@click.option("--scheme", "scheme_spec", default="cae", show_default=True,
+              help="cae[:k=v,...]: eps, steps, lr, alpha, beta, gamma, conf, candidates, "
+              "ref-weight, select.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1),
+              help="Training epochs of every ensemble member.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seeds the ensembles, the seed inputs and the optimisation.")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Parallel training processes (default: CPU count).")
+@click.option("--no-cache", is_flag=True, help="Retrain every ensemble member.")
+@click.pass_obj
+def fingerprint_cmd(ctx: Context, name: str, data_spec: str, model_path: Path, size: int,
+                    surrogates: int, references: int, scheme_spec: str, epochs: int, seed: int,
+                    workers: int | None, no_cache: bool) -> None:
+    """Fingerprint registered model NAME with conferrable adversarial examples.
+
+    Trains surrogates (on the model's answers) and references (on ground
+    truth) of the model's own architecture and of the other family, optimises
+    conferrable examples, calibrates the null on held-out models, and commits
+    the fingerprint to the registry (sealed, signed, logged).
+    """
+    from registry.keys import load_owner_key
+    from registry.log import Registry
+
+    base = parse_cae(scheme_spec)
+    scheme = type(base)(**{**base.__dict__, "n": size})
+    ensembles = EnsembleConfig(surrogates=surrogates, references=references, epochs=epochs)
+    key = load_owner_key(ctx.home)
+    with Registry.open(ctx.registry_url, create=False) as reg:
+        info = reg.model(name)
+        if info.owner_key_id != key.key_id:
+            raise InputError(f"model {name!r} belongs to another owner key")
+        if not model_path.is_file():
+            raise ModelFileError(f"model file {model_path} does not exist")
+        if file_digest(model_path) != info.file_sha256:
+            raise ModelFileError(f"{model_path} is not the file registered as {name!r} "
+                                 "(SHA-256 differs)")
+        splits = load_data(data_spec)
+        loaded = load_model(model_path)
+        check_input_shape(loaded, splits.input_shape, what=f"data {data_spec}")
+        if loaded.num_classes != splits.num_classes:
+            raise ModelFileError(f"{model_path} has {loaded.num_classes} classes, but data "
+                                 f"{data_spec} has {splits.num_classes}")
+        owner = to_trainable(loaded).eval()
+        seeds_x = torch.cat([splits.train.x, splits.test.x])
+        seeds_y = torch.cat([splits.train.y, splits.test.y])
+        with model_progress() as progress:
+            fp = build_fingerprint(
+                owner, owner_arch=loaded.arch, owner_digest=weights_digest(loaded.state_dict),
+                train_x=splits.train.x, train_y=splits.train.y, seeds_x=seeds_x,
+                seeds_y=seeds_y, num_classes=splits.num_classes, scheme=scheme,
+                ensembles=ensembles, seed=seed,
+                cache_dir=None if no_cache else ctx.home / "cache" / "fingerprint",
+                workers=workers or os.cpu_count() or 1, progress=progress,
+            )
+        probeset_id = reg.add_probeset(key, name, fp.probes)
+    cal = fp.calibration
+    n = len(fp.probes)
+    click.echo(f"fingerprint:       {fp.probes.scheme}")
+    click.echo(f"committed:         probe set {probeset_id} for {name}, root "
+               f"{fp.probes.root.hex()}")
+    for g in cal.groups:
+        rates = ", ".join(f"{k / n:.2f}" for k in g.matches)
+        click.echo(f"held-out refs {g.group + ':':<8} match rates {rates} "
+                   f"(upper bound on mean {g.mean_upper:.2f})")
+    srates = ", ".join(f"{k / n:.2f}" for k in fp.surrogate_matches)
+    click.echo(f"held-out surrogates: match rates {srates}")
+    worst = min(fp.surrogate_matches)
+    click.echo(f"null:              beta-binomial, mean {cal.null.mean:.3f}, fitted on "
+               f"{cal.null.references} held-out references")
+    click.echo(f"p-value floor:     {cal.null.p_floor:.3g} (what {cal.null.references} "
+               "references can vouch for; train more references to lower it)")
+    click.echo(f"weakest held-out surrogate: {worst}/{n} matches, p = {cal.p_value(worst):.3g}")
