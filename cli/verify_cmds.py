@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -124,7 +125,7 @@ def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: st
                    f"{out['requests']} requests")
         for t in out["tests"]:
             click.echo(f"  {t['model']} {t['kind']}: {t['matches']}/{t['n']} matched, "
-                       f"p = {t['p_value']:.3g} ({t['null']['family']} null)")
+                       f"p = {t['p_value']:.3g} ({_describe_null(t['null'])})")
         click.echo(f"evidence:  {out['evidence']} (report {out['report']}, log entry {out['log_entry']})")
     sys.exit(0 if out["verdict"] == "owned" else 1)
 
@@ -161,3 +162,11 @@ def evidence_check_cmd(bundle: str, as_json: bool, key_ids: tuple[str, ...]) -> 
                    f"against {check.suspect}")
         click.echo(f"signed by owner key {check.owner_key_id}; checked {', '.join(check.parts)}")
     sys.exit(0)
+
+
+def _describe_null(null: dict[str, Any]) -> str:
+    """The null in words; a calibrated one with its reference count and honest floor."""
+    if null.get("family") == "beta-binomial":
+        return (f"beta-binomial null from {null['references']} held-out references, "
+                f"floor p >= {null['p_floor']:.3g}")
+    return f"{null.get('family')} null, p0 = {null.get('p0', float('nan')):.3g}"
