@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--arch", default="cnn")
-    ap.add_argument("--repeats", type=int, default=3, help="timing: fastest of this many runs")
+    ap.add_argument("--repeats", type=int, default=5, help="timing: fastest of this many runs")
     ap.add_argument("--out", default="benchmarks/results/embed.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
