@@ -28,13 +28,24 @@ def canonical_json(value: Any) -> bytes:
 
 
 def parse_json(data: bytes | str, *, what: str) -> Any:
-    """Parse JSON, refusing NaN/Infinity, with one clear error naming ``what``."""
+    """Parse JSON, refusing NaN and infinities, with one clear error naming ``what``.
+
+    Raises:
+        InputError: ``"{what} contains NaN, which is not a number"`` for the
+            non-standard constants Python's parser would accept, else
+            ``"{what} is not valid JSON: ..."``.
+    """
+
+    class _ConstantError(ValueError):
+        pass
 
     def _no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
+        raise _ConstantError(name)
 
     try:
         return json.loads(data, parse_constant=_no_constants)
+    except _ConstantError as exc:
+        raise InputError(f"{what} contains {exc}, which is not a number") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{what} is not valid JSON: {exc}") from exc
 

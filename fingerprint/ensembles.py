@@ -266,7 +266,7 @@ def train_members(
     total = len(specs)
     if progress is not None:
         progress(done, total)
-    todo = [i for i, s in enumerate(states) if s is None]
+    pending = [i for i, s in enumerate(states) if s is None]
 
     def finish(i: int, state: dict[str, torch.Tensor]) -> None:
         nonlocal done
@@ -280,15 +280,15 @@ def train_members(
         if progress is not None:
             progress(done, total)
 
-    if workers == 1 or len(todo) <= 1:
-        for i in todo:
+    if workers == 1 or len(pending) <= 1:
+        for i in pending:
             x, y = targets[specs[i].targets]
             finish(i, _train_one(specs[i], x, y, num_classes))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx) as pool:
             futures: dict[Future[dict[str, torch.Tensor]], int] = {}
-            for i in todo:
+            for i in pending:
                 x, y = targets[specs[i].targets]
                 futures[pool.submit(_train_one, specs[i], x, y, num_classes)] = i
             from concurrent.futures import as_completed

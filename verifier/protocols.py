@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 import numpy as np
 
+from core.canonical import parse_json
 from core.errors import InputError, SuspectError
 
 __all__ = [
@@ -202,13 +203,10 @@ def interpret_outputs(
 
 
 def _parse_body(data: bytes, what: str) -> Any:
-    def no_constants(name: str) -> Any:
-        raise SuspectError(f"{what} contains {name}, which is not a number")
-
     try:
-        return json.loads(data, parse_constant=no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SuspectError(f"{what} is not valid JSON") from exc
+        return parse_json(data, what=what)
+    except InputError as exc:
+        raise SuspectError(str(exc)) from exc
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -18,7 +18,6 @@ tests use as a suspect; it binds 127.0.0.1 by default.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import threading
 from collections.abc import Iterator, Mapping
@@ -36,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.canonical import parse_json
 from core.errors import InputError
 from core.modelio import LoadedModel
 
@@ -92,13 +92,10 @@ async def _json_body(request: Request) -> Any:
         if len(body) > MAX_BODY:
             raise _BadRequestError(f"request body over {MAX_BODY} bytes", 413)
 
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
-        return json.loads(body, parse_constant=no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadRequestError(f"request body is not valid JSON: {exc}") from exc
+        return parse_json(body, what="request body")
+    except InputError as exc:
+        raise _BadRequestError(str(exc)) from exc
 
 
 def _numbers(data: Any, what: str) -> np.ndarray:

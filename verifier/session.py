@@ -482,7 +482,7 @@ class VerificationSession:
                 raise InputError(f"transcript {self.path} exists already", hint="use --resume to continue it")
             self._write(self._header)
         total = len(self.plan.batches)
-        todo = deque(b for b in range(total) if b not in self._done)
+        pending = deque(b for b in range(total) if b not in self._done)
         # Statistics consume batches in plan order; answered-in-order prefix decides stopping.
         stopped = self._reached()
         in_flight: deque[tuple[int, np.ndarray, Future[Answer]]] = deque()
@@ -490,7 +490,7 @@ class VerificationSession:
         with ThreadPoolExecutor(max_workers=self.client.settings.concurrency) as pool:
 
             def submit() -> None:
-                b = todo.popleft()
+                b = pending.popleft()
                 x = self._batch_inputs(b)
                 if self.spend is not None:
                     by_source: dict[int, list[int]] = {}
@@ -504,7 +504,7 @@ class VerificationSession:
             def fill() -> None:
                 while (
                     not stopped
-                    and todo
+                    and pending
                     and len(in_flight) < self.client.settings.concurrency
                     and not self._would_reach([b for b, _, _ in in_flight])
                 ):

@@ -25,7 +25,9 @@ def test_canonical_form(value: object, expected: bytes) -> None:
 def test_refusals() -> None:
     with pytest.raises(InputError, match="cannot be canonically encoded"):
         canonical_json({"x": float("inf")})
-    with pytest.raises(InputError, match="bundle is not valid JSON"):
+    with pytest.raises(InputError, match="bundle contains NaN, which is not a number"):
         parse_json(b'{"x": NaN}', what="bundle")
+    with pytest.raises(InputError, match="bundle is not valid JSON: Expecting"):
+        parse_json(b'{"x": ', what="bundle")
     with pytest.raises(InputError, match="salt is not valid base64"):
         b64d("***", what="salt")

@@ -103,7 +103,10 @@ def test_errors_are_oip_shaped(server: BackgroundServer, path: str, body: object
 
 def test_malformed_json_and_methods(server: BackgroundServer) -> None:
     r = httpx.post(server.url + "/v2/models/m/infer", content=b'{"inputs": [NaN]}')
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    assert r.status_code == 400
+    assert r.json()["error"] == "request body contains NaN, which is not a number"
+    r = httpx.post(server.url + "/v2/models/m/infer", content=b'{"inputs": ')
+    assert r.status_code == 400 and r.json()["error"].startswith("request body is not valid JSON")
     r = httpx.get(server.url + "/v2/models/m/infer")
     assert r.status_code == 405 and "error" in r.json()
     r = httpx.get(server.url + "/v3/anything")
