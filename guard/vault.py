@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.canonical import canonical_json
 from core.errors import InputError, IntegrityError
+from core.files import write_private
 from registry.keys import OwnerKey
 from registry.sealing import open_sealed, seal
 
@@ -94,19 +95,7 @@ class InputVault:
 
     def _write_key(self, path: Path, data: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_private(path, data)
 
     def _aad(self, epoch: str, digest: str) -> bytes:
         return canonical_json(

@@ -12,12 +12,12 @@ Anyone holding this file can open or evade the watermark: keep it private.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.canonical import b64d, b64e, canonical_json, parse_json
 from core.errors import InputError, KeyError_
+from core.files import write_private
 from core.probeset import ProbeSet
 from watermark.keys import WatermarkKey
 
@@ -42,7 +42,7 @@ def secret_path(model_path: str | Path) -> Path:
 
 
 def write_secret(path: str | Path, secret: WatermarkSecret) -> Path:
-    """Write the sidecar atomically with mode 0600."""
+    """Write the sidecar atomically, durably, with mode 0600."""
     p = Path(path)
     data = canonical_json(
         {
@@ -52,15 +52,7 @@ def write_secret(path: str | Path, secret: WatermarkSecret) -> Path:
             "probeset": b64e(secret.probes.to_bytes()),
         }
     )
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    tmp.replace(p)
-    return p
+    return write_private(p, data)
 
 
 def read_secret(path: str | Path) -> WatermarkSecret:
