@@ -168,6 +168,17 @@ def _frozen_except(model: nn.Module, keep: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def _train_layers(model: nn.Module, layers: Layers, data: Dataset, *, epochs: int, lr: float,
+                  seed: int) -> nn.Module:
+    """Train ``model`` in place on ``data``: only its output layer (``"last"``) or all of it."""
+    if layers == "last":
+        with _frozen_except(model, _last_layer(model)):
+            train_classifier(model, data.x, data.y, epochs=epochs, seed=seed, lr=lr)
+    else:
+        train_classifier(model, data.x, data.y, epochs=epochs, seed=seed, lr=lr)
+    return model.eval()
+
+
 @dataclass(frozen=True)
 class FineTune:
     """FTLL / FTAL (SoK, Table II): continue training on the attacker's labelled data.
@@ -195,13 +206,8 @@ class FineTune:
     def __call__(self, model: nn.Module, data: Dataset, *, seed: int) -> nn.Module:
         """Fine-tune a copy of ``model`` on ``data`` (labels used)."""
         _check_data(data)
-        out = _copy(model)
-        if self.layers == "last":
-            with _frozen_except(out, _last_layer(out)):
-                train_classifier(out, data.x, data.y, epochs=self.epochs, seed=seed, lr=self.lr)
-        else:
-            train_classifier(out, data.x, data.y, epochs=self.epochs, seed=seed, lr=self.lr)
-        return out.eval()
+        return _train_layers(_copy(model), self.layers, data, epochs=self.epochs, lr=self.lr,
+                             seed=seed)
 
 
 @dataclass(frozen=True)
@@ -237,12 +243,7 @@ class Retrain:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head.reset_parameters()
-        if self.layers == "last":
-            with _frozen_except(out, head):
-                train_classifier(out, data.x, data.y, epochs=self.epochs, seed=seed, lr=self.lr)
-        else:
-            train_classifier(out, data.x, data.y, epochs=self.epochs, seed=seed, lr=self.lr)
-        return out.eval()
+        return _train_layers(out, self.layers, data, epochs=self.epochs, lr=self.lr, seed=seed)
 
 
 def _check_fraction(fraction: float) -> None:
