@@ -57,8 +57,8 @@ def _set_torch_threads() -> None:
     """One torch thread unless ``$WM_TORCH_THREADS`` says otherwise.
 
     wm's models are small: one thread trains them as fast as two on an idle
-    machine, and does not collapse (measured once on a busy two-core machine: 5 s against 79 s for `wm train`)
-    when the cores are shared with other work.
+    machine, and does not collapse when the cores are shared with other work
+    (measured once on a busy two-core machine: `wm train` 5 s against 79 s).
     """
     if "torch" not in sys.modules:
         return  # commands that never touch a model do not pay for importing torch
