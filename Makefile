@@ -5,7 +5,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-embed clean
+.PHONY: demo test lint bench-embed datasets clean
+
+# Fashion-MNIST (the benchmarks' data): Debian's dataset-fashion-mnist, installed
+# when missing and apt-get is usable (CI runs as root); otherwise a note, and the
+# tests that need it skip saying why. $WM_DATA_DIR/fashion-mnist/ also counts.
+FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
+FMNIST_FILES  := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +20,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) datasets
 	$(BIN)/wm demo --out demo-out
 
-test: $(STAMP)
+datasets:
+	@have() { for f in $(FMNIST_FILES); do [ -f "$$1/$$f.gz" ] || [ -f "$$1/$$f" ] || return 1; done; }; \
+	if have "$${WM_DATA_DIR:-/nonexistent}/fashion-mnist" || have $(FMNIST_SYSTEM); then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist || \
+	  { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; } || \
+	  echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	else \
+	  echo "note: Fashion-MNIST is missing and apt-get is not usable here (not root):"; \
+	  echo "      apt-get install dataset-fashion-mnist, or set WM_DATA_DIR; its tests will skip"; \
+	fi
+
+test: $(STAMP) datasets
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

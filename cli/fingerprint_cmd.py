@@ -58,7 +58,7 @@ def model_progress() -> Iterator[Callable[[str, int, int], None]]:
 @wm.command("fingerprint")
 @click.argument("name")
 @click.option("--data", "data_spec", required=True,
-              help="'digits' (built in) or the .npz the model was trained on.")
+              help="'digits' or 'fashion-mnist' (built in) or the .npz the model was trained on.")
 @click.option("--model", "model_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="The registered model file (.pt2); its SHA-256 must match the registry.")

@@ -1,4 +1,4 @@
-"""``wm train``: train a model on digits or an .npz, with a watermark mixed in."""
+"""``wm train``: train a model on a built-in data set or an .npz, with a watermark mixed in."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from watermark.secret import secret_path
 
 @wm.command("train")
 @click.option("--data", "data_spec", default="digits", show_default=True,
-              help="'digits' (built in) or a path to an .npz with x and y.")
+              help="'digits' or 'fashion-mnist' (built in) or a path to an .npz with x and y.")
 @click.option("--arch", default="cnn", show_default=True, type=click.Choice(list(ARCHITECTURES)))
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int,

@@ -65,7 +65,7 @@ def serve_cmd(model_path: str, host: str, port: int, name: str | None, output: s
 @click.option("--decoy-ratio", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Decoys per probe.")
 @click.option("--decoys", "decoy_spec", default="digits", show_default=True,
-              help="'digits' or an .npz whose test split supplies in-distribution decoys.")
+              help="'digits', 'fashion-mnist' or an .npz whose test split supplies in-distribution decoys.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.01))
 @click.option("--retries", default=4, show_default=True, type=click.IntRange(min=0))
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1))

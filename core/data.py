@@ -1,9 +1,19 @@
-"""Data sets: the built-in ``digits`` set and validated ``.npz`` files.
+"""Data sets: the built-in ``digits`` and ``fashion-mnist`` sets and validated ``.npz`` files.
 
 ``digits`` is scikit-learn's copy of the UCI 8x8 handwritten digits (1,797 real
 images, 10 classes, shipped inside the package, no download), as float32
 ``[N, 1, 8, 8]`` in [0, 1] (pixel / 16), split by a fixed seed into
 owner-train (898), attacker-pool (539) and test (360).
+
+``fashion-mnist`` is Zalando's Fashion-MNIST (Xiao, Rasul, Vollgraf, arXiv
+1708.07747): 70,000 real 28x28 greyscale images of 10 kinds of clothing, read
+from the four IDX files in ``$WM_DATA_DIR/fashion-mnist/`` or
+``/usr/share/datasets/fashion-mnist/`` (Debian package
+``dataset-fashion-mnist``), each checked against its pinned SHA-256 (see
+:mod:`core.idx`). As float32 ``[N, 1, 28, 28]`` in [0, 1] (pixel / 255), the
+official 60,000 training images are split by a fixed seed into owner-train
+(30,000), attacker-pool (20,000) and reference (10,000: for independent
+models and calibration), disjoint; the test set is the official 10,000.
 
 An ``.npz`` file holds ``x`` (float32 ``[N, C, H, W]``) and ``y`` (int64
 ``[N]``, labels ``0..C-1``); it is split by a fixed seed into train (80%) and
@@ -12,27 +22,53 @@ test (20%) and has no attacker pool.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.errors import DataError
+from core.idx import find_idx, read_idx
 
 __all__ = [
+    "BUILTIN",
     "DIGITS_SPLIT_SEED",
+    "FASHION_MNIST_SPLIT_SEED",
     "Dataset",
     "Splits",
+    "fashion_mnist_dir",
     "load_data",
     "load_digits",
+    "load_fashion_mnist",
     "load_npz",
     "validate_arrays",
 ]
 
+BUILTIN = ("digits", "fashion-mnist")
+"""The built-in data sets' names, as ``--data`` takes them."""
+
 DIGITS_SPLIT_SEED = 20180815  # fixed: every wm install splits digits the same way
 DIGITS_SIZES = {"owner_train": 898, "attacker_pool": 539, "test": 360}
+
+FASHION_MNIST_SPLIT_SEED = 20170825  # fixed: the day Fashion-MNIST was published
+FASHION_MNIST_SIZES = {"owner_train": 30_000, "attacker_pool": 20_000, "reference": 10_000}
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+# (decompressed size, SHA-256 of the decompressed IDX bytes) of Zalando's release files.
+FASHION_MNIST_FILES: dict[str, tuple[int, str]] = {
+    "train-images-idx3-ubyte": (
+        47_040_016, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte": (
+        60_008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte": (
+        7_840_016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte": (
+        10_008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,13 +90,24 @@ class Dataset:
 
 @dataclass(frozen=True, eq=False)
 class Splits:
-    """A task's splits. ``attacker_pool`` is ``None`` for user-supplied data."""
+    """A task's splits, disjoint.
+
+    Attributes:
+        name: the data set's name (``digits``, ``fashion-mnist``, or the file's stem).
+        train: the owner's training data.
+        test: held-out test data.
+        attacker_pool: the attacker's data; ``None`` for user-supplied data.
+        num_classes: the number of classes.
+        reference: data for independently trained reference models, disjoint
+            from the owner's and the attacker's; ``None`` where the task has none.
+    """
 
     name: str
     train: Dataset
     test: Dataset
     attacker_pool: Dataset | None
     num_classes: int
+    reference: Dataset | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -123,6 +170,78 @@ def load_digits() -> Splits:
     return Splits("digits", ds["owner_train"], ds["test"], ds["attacker_pool"], 10)
 
 
+def _fashion_mnist_dirs() -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: ``$WM_DATA_DIR/fashion-mnist``, then the system's."""
+    dirs = []
+    env = os.environ.get("WM_DATA_DIR")
+    if env:
+        dirs.append(Path(env).expanduser() / "fashion-mnist")
+    dirs.append(FASHION_MNIST_SYSTEM_DIR)
+    return dirs
+
+
+def fashion_mnist_dir() -> Path | None:
+    """The first of ``$WM_DATA_DIR/fashion-mnist`` and the system's directory holding all four files."""
+    return next((d for d in _fashion_mnist_dirs() if all(find_idx(d, n) for n in FASHION_MNIST_FILES)),
+                None)
+
+
+def _fashion_mnist_arrays(directory: Path) -> dict[str, np.ndarray]:
+    """The four verified arrays of ``directory`` (read-only; 55 MB, verified once per file version)."""
+    paths = {}
+    for name in FASHION_MNIST_FILES:
+        path = find_idx(directory, name)
+        if path is None:
+            raise DataError(f"{directory} lacks {name}.gz")
+        paths[name] = path
+    versions = tuple((name, str(p), p.stat().st_mtime_ns, p.stat().st_size) for name, p in paths.items())
+    return _verified_arrays(versions)
+
+
+@lru_cache(maxsize=2)
+def _verified_arrays(versions: tuple[tuple[str, str, int, int], ...]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, path, _mtime, _size in versions:
+        size, digest = FASHION_MNIST_FILES[name]
+        out[name] = read_idx(Path(path), size=size, sha256=digest)
+    return out
+
+
+def load_fashion_mnist() -> Splits:
+    """The built-in ``fashion-mnist`` task, split by :data:`FASHION_MNIST_SPLIT_SEED`.
+
+    Raises:
+        DataError: if the files are in none of the directories searched
+            (naming the package and the variable that provide them), or one
+            of them is not the pinned file.
+    """
+    found = fashion_mnist_dir()
+    if found is None:
+        where = " or ".join(str(d) for d in _fashion_mnist_dirs())
+        raise DataError(
+            f"Fashion-MNIST is not installed (looked in {where})",
+            hint=f"apt-get install {FASHION_MNIST_PACKAGE}, or put its four IDX files "
+            "in $WM_DATA_DIR/fashion-mnist/",
+        )
+    arrays = _fashion_mnist_arrays(found)
+    images = {k: arrays[f"{k}-images-idx3-ubyte"] for k in ("train", "t10k")}
+    labels = {k: arrays[f"{k}-labels-idx1-ubyte"] for k in ("train", "t10k")}
+    for k in ("train", "t10k"):
+        if images[k].ndim != 3 or images[k].shape[0] != labels[k].shape[0]:
+            raise DataError(f"Fashion-MNIST {k} images and labels do not match")
+
+    def part(split: str, idx: np.ndarray | slice) -> Dataset:
+        x = (images[split][idx].astype(np.float32) / np.float32(255.0))[:, None, :, :]
+        return _dataset(x, labels[split][idx].astype(np.int64), 10)
+
+    perm = np.random.default_rng(FASHION_MNIST_SPLIT_SEED).permutation(labels["train"].shape[0])
+    a = FASHION_MNIST_SIZES["owner_train"]
+    b = a + FASHION_MNIST_SIZES["attacker_pool"]
+    c = b + FASHION_MNIST_SIZES["reference"]
+    return Splits("fashion-mnist", part("train", perm[:a]), part("t10k", slice(None)),
+                  part("train", perm[a:b]), 10, reference=part("train", perm[b:c]))
+
+
 def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
     """A validated ``.npz`` task (``x``, ``y``), split 80/20 into train/test by ``seed``."""
     p = Path(path)
@@ -147,9 +266,12 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
 
 
 def load_data(spec: str) -> Splits:
-    """``digits`` or a path to an ``.npz`` file."""
+    """A built-in data set by name (:data:`BUILTIN`) or a path to an ``.npz`` file."""
     if spec == "digits":
         return load_digits()
+    if spec == "fashion-mnist":
+        return load_fashion_mnist()
     if spec.endswith(".npz") or Path(spec).exists():
         return load_npz(spec)
-    raise DataError(f"unknown data set {spec!r}", hint="use 'digits' or a path to an .npz file")
+    raise DataError(f"unknown data set {spec!r}",
+                    hint=f"use {' or '.join(repr(b) for b in BUILTIN)} or a path to an .npz file")

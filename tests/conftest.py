@@ -1,4 +1,4 @@
-"""Shared test fixtures: real databases for the registry (SQLite and PostgreSQL).
+"""Shared test fixtures: real databases for the registry (SQLite and PostgreSQL), Fashion-MNIST.
 
 ``db_url`` runs a test once on a fresh SQLite file and once on a fresh
 PostgreSQL schema (``127.0.0.1:5432``, database ``test``, user ``postgres``,
@@ -17,6 +17,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
+from core.data import Splits
 
 PG_URL = os.environ.get("WM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -79,3 +81,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         return
     yield request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Splits:
+    """The built-in Fashion-MNIST splits; skipped, with the reason, where it is not installed.
+
+    ``make test`` installs it (Debian package ``dataset-fashion-mnist``) where
+    ``apt-get`` is usable, so a skip means it could not be installed here.
+    """
+    from core.data import fashion_mnist_dir, load_fashion_mnist
+
+    if fashion_mnist_dir() is None:
+        pytest.skip("Fashion-MNIST is not installed and could not be: apt-get install "
+                    "dataset-fashion-mnist, or put its IDX files in $WM_DATA_DIR/fashion-mnist/")
+    return load_fashion_mnist()

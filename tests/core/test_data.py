@@ -1,15 +1,20 @@
-"""The built-in digits split and .npz validation."""
+"""The built-in digits and Fashion-MNIST splits, the IDX format, and .npz validation."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from core.data import load_data, load_digits, load_npz
+from core import data as data_module
+from core.data import Splits, fashion_mnist_dir, load_data, load_digits, load_fashion_mnist, load_npz
 from core.errors import DataError
+from core.idx import find_idx, parse_idx, read_idx
 
 
 def test_digits_split() -> None:
@@ -83,3 +88,121 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 def test_unknown_data(spec: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
         load_data(spec)
+
+
+# --- Fashion-MNIST and the IDX format -------------------------------------------------------------
+
+
+def test_fashion_mnist_split(fashion_mnist: Splits) -> None:
+    s = fashion_mnist
+    assert s.name == "fashion-mnist" and s.num_classes == 10
+    parts = {"train": s.train, "attacker_pool": s.attacker_pool, "reference": s.reference, "test": s.test}
+    assert {k: len(v or []) for k, v in parts.items()} == {
+        "train": 30_000, "attacker_pool": 20_000, "reference": 10_000, "test": 10_000}
+    for part in parts.values():
+        assert part is not None
+        assert part.x.dtype == torch.float32 and part.y.dtype == torch.int64
+        assert part.input_shape == (1, 28, 28)
+        assert float(part.x.min()) == 0.0 and float(part.x.max()) == 1.0
+        assert set(part.y.tolist()) == set(range(10))
+    # owner, attacker and reference are disjoint and together the official 60,000 (no duplicates there)
+    rows: set[bytes] = set()
+    for part in (s.train, s.attacker_pool, s.reference):
+        assert part is not None
+        rows |= {r.numpy().tobytes() for r in part.x}
+    assert len(rows) == 60_000
+    # the test set is the official one, in its published order; the split is fixed
+    assert s.test.y[:8].tolist() == [9, 2, 1, 1, 6, 1, 4, 6]
+    assert torch.equal(load_data("fashion-mnist").train.y, s.train.y)
+    assert torch.bincount(s.test.y).tolist() == [1000] * 10
+
+
+def _copy_fashion_mnist(tmp_path: Path, *, plain_labels: bytes | None = None) -> Path:
+    """A $WM_DATA_DIR with links to the installed images and plain (uncompressed) label files."""
+    src = fashion_mnist_dir()
+    assert src is not None
+    d = tmp_path / "fashion-mnist"
+    d.mkdir()
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (d / f"{name}.gz").symlink_to(find_idx(src, name))  # type: ignore[arg-type]
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        path = find_idx(src, name)
+        assert path is not None
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if plain_labels is not None and name.startswith("t10k"):
+            data = plain_labels
+        (d / name).write_bytes(data)
+    return tmp_path
+
+
+def test_fashion_mnist_from_wm_data_dir_plain_files(fashion_mnist: Splits, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WM_DATA_DIR", str(_copy_fashion_mnist(tmp_path)))
+    assert fashion_mnist_dir() == tmp_path / "fashion-mnist"
+    assert torch.equal(load_fashion_mnist().test.y, fashion_mnist.test.y)
+
+
+def test_fashion_mnist_tampered_file_is_refused(fashion_mnist: Splits, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    src = fashion_mnist_dir()
+    assert src is not None
+    labels = gzip.decompress(find_idx(src, "t10k-labels-idx1-ubyte").read_bytes())  # type: ignore[union-attr]
+    flipped = labels[:-1] + bytes([(labels[-1] + 1) % 10])  # one label changed, still valid IDX
+    monkeypatch.setenv("WM_DATA_DIR", str(_copy_fashion_mnist(tmp_path, plain_labels=flipped)))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte is not the expected file"):
+        load_fashion_mnist()  # never a silent fall-back to the system copy
+
+
+def test_fashion_mnist_missing_names_package_and_variable(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WM_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    with pytest.raises(DataError) as err:
+        load_data("fashion-mnist")
+    assert err.value.diagnostics() == (
+        f"Fashion-MNIST is not installed (looked in {tmp_path}/fashion-mnist or {tmp_path}/nowhere) "
+        "(apt-get install dataset-fashion-mnist, or put its four IDX files in $WM_DATA_DIR/fashion-mnist/)"
+    )
+
+
+def _idx(code: int, dims: tuple[int, ...], payload: bytes) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + payload
+
+
+def test_parse_idx_types_and_shapes() -> None:
+    a = parse_idx(_idx(0x08, (2, 3), bytes(range(6))), source="t")
+    assert a.shape == (2, 3) and a.dtype == np.uint8 and a[1, 2] == 5
+    b = parse_idx(_idx(0x0C, (2,), struct.pack(">2i", -7, 1 << 20)), source="t")
+    assert b.tolist() == [-7, 1 << 20]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x01\x00\x08\x01\x00\x00\x00\x01\x00", "is not an IDX file"),
+        (b"", "is not an IDX file"),
+        (_idx(0x07, (1,), b"\x00"), "unknown IDX element type 0x07"),
+        (b"\x00\x00\x08\x00", "needs at least one dimension"),
+        (b"\x00\x00\x08\x02\x00\x00\x00\x01", "truncated IDX header"),
+        (_idx(0x08, (2, 3), bytes(5)), r"dimensions \[2, 3\] need 6 bytes of data, the file has 5"),
+        (_idx(0x0B, (2,), bytes(5)), r"dimensions \[2\] need 4 bytes of data, the file has 5"),
+    ],
+)
+def test_parse_idx_refuses_malformed(data: bytes, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        parse_idx(data, source="t")
+
+
+def test_read_idx_checks_digest_and_bounds_decompression(tmp_path: Path) -> None:
+    good = _idx(0x08, (4,), b"\x01\x02\x03\x04")
+    digest = hashlib.sha256(good).hexdigest()
+    (tmp_path / "a.gz").write_bytes(gzip.compress(good))
+    assert read_idx(tmp_path / "a.gz", size=len(good), sha256=digest).tolist() == [1, 2, 3, 4]
+    (tmp_path / "b").write_bytes(good)
+    assert read_idx(tmp_path / "b", size=len(good), sha256=digest).tolist() == [1, 2, 3, 4]
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(bytes(5_000_000)))
+    with pytest.raises(DataError, match="is not the expected file"):
+        read_idx(tmp_path / "bomb.gz", size=len(good), sha256=digest)
+    (tmp_path / "junk.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"junk.gz cannot be read \(BadGzipFile"):
+        read_idx(tmp_path / "junk.gz", size=len(good), sha256=digest)
