@@ -4,7 +4,7 @@ Lukas, Jiang, Li, Kerschbaum, "SoK: How Robust is Image Classification Deep
 Neural Network Watermarking?" (IEEE S&P 2022) found that every watermark they
 tested was removed by some attack costing less than a point of accuracy. Here
 one watermarked owner model is attacked with the whole catalogue of
-:mod:`core.attacks` (fine-tuning, retraining, pruning, fine-pruning,
+:mod:`attacks` (fine-tuning, retraining, pruning, fine-pruning,
 quantisation, noise, distillation, extraction through the API with and
 without ``wm guard``, cross-architecture retraining), and for every attacked
 model the benchmark asks whether the evidence still establishes ownership at
@@ -16,7 +16,7 @@ key-random labels) mixed in by ``WatermarkHook(probes)`` (6 per batch).
 
 **Attacker.** The digits attacker pool (539 labelled images, disjoint from
 the owner's); extraction queries beyond 539 are shifted noisy copies
-(:func:`core.attacks.query_inputs`).
+(:func:`attacks.query_inputs`).
 
 **Evidence per model** (each a one-sided test of "independent of the owner"):
 
@@ -70,9 +70,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.arch import build_model
-from core.attacks import (
-    Answer,
+from attacks import (
+    AnswerFn,
     Distill,
     Extract,
     FinePrune,
@@ -85,6 +84,7 @@ from core.attacks import (
     query_inputs,
     query_model,
 )
+from core.arch import build_model
 from core.data import Splits, load_digits
 from core.errors import WmError
 from core.probeset import BetaBinomial, Binomial, Null, ProbeSet
@@ -167,7 +167,7 @@ class GuardSession:
     for this client.
     """
 
-    def __init__(self, marker: Marker, upstream: Answer) -> None:
+    def __init__(self, marker: Marker, upstream: AnswerFn) -> None:
         from guard.prf import canonical_bytes
 
         self._bytes = canonical_bytes
@@ -457,7 +457,7 @@ def main() -> None:
         extraction.append(("labels", "mlp", "mlp", 539, guarded))
     for i, (output, arch, _, budget, guarded) in enumerate(extraction):
         queries = query_inputs(pool.x, budget, seed=QUERY_SEED)
-        api: Answer = query_model(owner, output)  # type: ignore[arg-type]
+        api: AnswerFn = query_model(owner, output)  # type: ignore[arg-type]
         session = GuardSession(marker, api) if guarded and marker is not None else None
         extract = Extract(arch, epochs=extraction_epochs(budget))
         surrogate = extract(session or api, queries, num_classes=10, seed=100 + i)

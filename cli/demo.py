@@ -4,7 +4,7 @@ The owner's side is exactly the ``wm`` commands a user would type (each is
 printed, then run as a subprocess): create a key, train and register a
 watermarked model, derive and register fingerprints, serve the model behind
 ``wm guard``, verify suspects over HTTP, check the evidence, audit the log.
-The thieves' side uses the attack library (:mod:`core.attacks`): a copy of the
+The thieves' side uses the attack library (:mod:`attacks`): a copy of the
 weights fine-tuned and pruned, a surrogate extracted through the guarded API
 with labels only, and an independently trained model as the control.
 
@@ -158,7 +158,7 @@ def _decided_by(result: dict[str, Any]) -> str:
 @click.pass_obj
 def demo_cmd(ctx: Context, out: str) -> None:
     """The whole story on digits: mark, fingerprint, guard, steal three ways, verify, audit."""
-    from core import attacks
+    import attacks
     from core.data import load_digits
     from core.modelio import load_model, save_model, to_trainable
     from core.training import accuracy, train_new

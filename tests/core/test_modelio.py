@@ -70,6 +70,6 @@ def test_bad_files(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture() -> None:
-    with pytest.raises(InputError, match="unknown architecture 'resnet'"):
-        build_model("resnet", (1, 8, 8), 10)
+    with pytest.raises(InputError, match="unknown architecture 'nope'"):
+        build_model("nope", (1, 8, 8), 10)
     assert family_of("cnn-wide") == "cnn" and family_of("mlp") == "mlp"

@@ -1,7 +1,8 @@
-"""Each removal attack of :mod:`core.attacks` really does what its name says.
+"""Each removal attack of :mod:`attacks` really does what its name says, on any input shape.
 
-One small owner CNN (and one MLP, for the dense code paths) per session,
-read-only: every attack is checked not to mutate it.
+One small owner CNN (and one MLP, for the dense code paths) per module,
+read-only: every attack is checked not to mutate it. Then the same attacks on
+a normalised 3x12x12 ResNet and on flat features.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.attacks import (
+from attacks import (
     Distill,
     Extract,
     FinePrune,
@@ -28,7 +29,9 @@ from core.attacks import (
 )
 from core.data import Dataset, load_digits
 from core.errors import InputError
+from core.inputrange import InputRange
 from core.training import accuracy, predict, train_new
+from tests.synthetic import synthetic_dataset
 
 DIGITS = load_digits()
 assert DIGITS.attacker_pool is not None
@@ -288,8 +291,10 @@ def test_bad_parameters_and_models_are_refused(owner: nn.Module) -> None:
         FineTune("some")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="epochs must be at least 1"):
         Retrain(epochs=0)
-    with pytest.raises(InputError, match="unknown architecture"):
-        Extract("resnet")
+    with pytest.raises(InputError, match="unknown architecture 'nope'"):
+        Extract("nope")
+    with pytest.raises(InputError, match="unknown architecture 'nope'"):
+        Distill("nope")
     with pytest.raises(InputError, match="query budget"):
         query_inputs(POOL.x, 0, seed=0)
     exported = torch.export.export(owner, (DIGITS.test.x[:2],)).module()
@@ -316,3 +321,61 @@ def test_extraction_through_a_real_http_api(owner: nn.Module, tmp_path: Path) ->
     assert torch.equal(labels, predict(owner, queries))  # the API answered what the model says
     surrogate = extract.fit(queries, labels, num_classes=10, seed=0)
     assert _agreement(surrogate, owner) >= 0.85
+
+
+# --- any input shape and range: a normalised 3x12x12 ResNet (batch norm) and flat features -------------
+
+IMAGES = synthetic_dataset((3, 12, 12), 400, seed=0)
+FEATURES = synthetic_dataset((20,), 400, seed=0)
+
+
+@pytest.fixture(scope="module")
+def owner_resnet() -> nn.Module:
+    return train_new("resnet", IMAGES.x, IMAGES.y, num_classes=10, epochs=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def owner_flat() -> nn.Module:
+    return train_new("mlp", FEATURES.x, FEATURES.y, num_classes=10, epochs=10, seed=0)
+
+
+@pytest.mark.parametrize("attack", CHEAP, ids=lambda a: a.name)
+def test_every_attack_on_a_normalised_resnet_and_on_flat_features(
+        owner_resnet: nn.Module, owner_flat: nn.Module, attack: WeightAttack) -> None:
+    for owner_model, data in ((owner_resnet, IMAGES), (owner_flat, FEATURES)):
+        before = _state(owner_model)
+        out = attack(owner_model, Dataset(data.x[:64], data.y[:64], 10), seed=1)
+        assert _same(before, _state(owner_model)) and not out.training
+        with torch.no_grad():
+            assert out(data.x[:5]).shape == (5, 10)
+
+
+def test_fine_prune_finds_the_last_convolution_of_a_resnet(owner_resnet: nn.Module) -> None:
+    out = FinePrune(0.5, epochs=1)(owner_resnet, IMAGES, seed=0)
+    last = [m for m in out.modules() if isinstance(m, nn.Conv2d)][-1]
+    dead = int((last.weight.detach().flatten(1).abs().sum(dim=1) == 0).sum())
+    assert dead == round(0.5 * last.weight.shape[0])
+
+
+def test_extraction_of_a_flat_feature_model(owner_flat: nn.Module) -> None:
+    queries = query_inputs(FEATURES.x, 800, seed=0, input_range=InputRange.of_values(FEATURES.x.numpy()))
+    surrogate = Extract("mlp-wide", epochs=15)(query_model(owner_flat), queries, num_classes=10, seed=0)
+    agree = (predict(surrogate, FEATURES.x) == predict(owner_flat, FEATURES.x)).float().mean()
+    assert float(agree) >= 0.9
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 12), (20,)])
+def test_query_inputs_stay_in_the_models_input_range(shape: tuple[int, ...]) -> None:
+    pool = IMAGES.x if len(shape) == 3 else FEATURES.x
+    rng = InputRange.of_values(pool.numpy())
+    assert rng.low < -1.0 and rng.high > 1.0  # normalised: far outside [0, 1]
+    q = query_inputs(pool, 1000, seed=3, input_range=rng)
+    assert q.shape == (1000, *shape)
+    assert float(q.min()) >= rng.low and float(q.max()) <= rng.high
+    assert float(q[400:].min()) < 0.0  # the augmented queries were not clipped to [0, 1]
+    if len(shape) == 1:
+        # flat inputs are not shifted, only jittered, by noise (0.05) times the range's span
+        order = torch.randperm(400, generator=torch.Generator().manual_seed(3))
+        diff = q[400:800] - pool[order]
+        inside = (q[400:800] > rng.low) & (q[400:800] < rng.high)
+        assert float(diff[inside].std()) == pytest.approx(0.05 * rng.span, rel=0.1)
