@@ -9,7 +9,7 @@ import torch
 
 from cli.main import Context, wm
 from cli.progress import epoch_progress
-from core.arch import ARCHITECTURES, build_model
+from core.arch import ARCHITECTURES, build_model, resolve_arch
 from core.data import load_data
 from core.errors import InputError
 from core.modelio import save_model
@@ -21,7 +21,9 @@ from watermark.secret import secret_path
 @wm.command("train")
 @click.option("--data", "data_spec", default="digits", show_default=True,
               help="'digits' or 'fashion-mnist' (built in) or a path to an .npz with x and y.")
-@click.option("--arch", default="cnn", show_default=True, type=click.Choice(list(ARCHITECTURES)))
+@click.option("--arch", default="cnn", show_default=True,
+              help=f"{', '.join(ARCHITECTURES)}, or MODULE:FUNCTION for your own "
+              "(called with input_shape and num_classes, returns an nn.Module).")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seeds initialisation and shuffling (not the watermark key).")
@@ -47,6 +49,7 @@ def train_cmd(ctx: Context, data_spec: str, arch: str, epochs: int, seed: int, b
     out_path = Path(out)
     if out_path.suffix != ".pt2":
         raise InputError(f"--out must end in .pt2, got {out_path.name}")
+    resolve_arch(arch)
     owner_key = None
     if register_name is not None:
         from core.errors import RegistryError
