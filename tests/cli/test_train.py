@@ -62,7 +62,8 @@ def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:
         (["--watermark", "content:size=99", "--out", "m.pt2"], "wm: error: content: size must be"),
         (["--data", "bad.npz", "--out", "m.pt2"], "wm: error: bad.npz: x must be float32, got float64"),
         (["--arch", "nope", "--out", "m.pt2"], "wm: error: unknown architecture 'nope'"),
-        (["--arch", "no_such_module:fn", "--out", "m.pt2"], "wm: error: --arch no_such_module:fn: cannot import"),
+        (["--arch", "no_such_module:fn", "--out", "m.pt2"],
+         "wm: error: --arch no_such_module:fn: cannot import"),
         (["--epochs", "0", "--out", "m.pt2"], "Invalid value for '--epochs'"),
     ],
 )
