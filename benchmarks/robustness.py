@@ -217,10 +217,11 @@ def _swap_top(row: torch.Tensor, label: int) -> torch.Tensor:
 def make_marker(rate: float) -> tuple[Marker | None, str]:
     """The guard's marker, or ``None`` and the reason it is unavailable."""
     try:
+        from guard.epochs import GuardEpoch
         from guard.prf import GuardKey, Marker
     except ImportError as exc:
         return None, f"guard/ not importable ({exc})"
-    return Marker(GuardKey(GUARD_SECRET), rate, 10), ""
+    return Marker(GuardKey(GUARD_SECRET), GuardEpoch("robustness", 0, rate, 10, GUARD_SECRET, 0)), ""
 
 
 # ---------------------------------------------------------------- the fingerprint

@@ -1,10 +1,9 @@
-"""``wm guard``, ``wm guard report`` and ``wm guard commit``: parsing and printing only."""
+"""``wm guard`` and its subcommands (report, commit, rotate, clients add): parsing and printing only."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
+from pathlib import Path
 from typing import Any
 
 import click
@@ -32,11 +31,16 @@ from core.errors import InputError
 @click.option("--no-monitor", is_flag=True, help="Do not run PRADA extraction monitoring.")
 @click.option("--flush-interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds between batched flushes of the journal to the registry.")
+@click.option("--clients", "clients_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="API keys file (`wm guard clients add`): requests without a known key are refused "
+                   "and clients are named by their key.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes sharing the port, each with its own journal segment.")
 @click.pass_context
 def guard_group(ctx: click.Context, upstream: str | None, model: str | None, rate: float, host: str,
                 port: int, upstream_name: str | None, retention_days: int,
                 client_headers: tuple[str, ...], timeout: float, no_monitor: bool,
-                flush_interval: float) -> None:
+                flush_interval: float, clients_file: Path | None, workers: int) -> None:
     """Serve a marking proxy in front of the owner's prediction API (DAWN).
 
     Answers a keyed fraction R of inputs with key-derived labels, records each
@@ -47,10 +51,9 @@ def guard_group(ctx: click.Context, upstream: str | None, model: str | None, rat
         return
     if upstream is None or model is None:
         raise InputError("wm guard needs --upstream URL and --model NAME (or a subcommand)")
-    import uvicorn
-
     from guard.proxy import DEFAULT_CLIENT_HEADERS
-    from guard.service import GuardOptions, GuardService
+    from guard.runner import run_guard
+    from guard.service import GuardOptions
     from registry.keys import load_owner_key
 
     obj: Context = ctx.obj
@@ -58,24 +61,17 @@ def guard_group(ctx: click.Context, upstream: str | None, model: str | None, rat
         upstream=upstream, model=model, rate=rate, upstream_model=upstream_name,
         retention_days=retention_days,
         client_headers=tuple(h.lower() for h in client_headers) or DEFAULT_CLIENT_HEADERS,
-        timeout=timeout, monitor=not no_monitor, flush_interval=flush_interval,
+        timeout=timeout, monitor=not no_monitor, flush_interval=flush_interval, clients=clients_file,
     )
-    service = GuardService.open(obj.home, obj.registry_url, load_owner_key(obj.home), options)
-    try:
-        service.start()
-        config = service.app.config
-        click.echo(f"guarding {config.upstream} (model {model!r} as {config.upstream_model!r}, "
-                   f"rate {rate:g}) at http://{host}:{port}", err=True)
-        server = uvicorn.Server(uvicorn.Config(service.app, host=host, port=port,
-                                               log_level="warning", access_log=False))
-        signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
-        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises a Ctrl-C once stopped
-            server.run()
-    finally:
-        service.close()
-    counts = service.app.counts
-    click.echo(f"stopped: {counts['requests']} requests, {counts['rows']} inference inputs, "
-               f"{counts['marked']} marked, all recorded", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"guarding {upstream} (model {model!r}, rate {rate:g}, {workers} worker"
+                   f"{'s' if workers > 1 else ''}) at {url}", err=True)
+
+    counts = run_guard(obj.home, obj.registry_url, load_owner_key(obj.home), options, host=host,
+                       port=port, workers=workers, ready=ready)
+    click.echo(f"stopped: {counts.get('requests', 0)} requests, {counts.get('rows', 0)} inference "
+               f"inputs, {counts.get('marked', 0)} marked, all recorded", err=True)
 
 
 @guard_group.command("report")
@@ -128,15 +124,56 @@ def commit_cmd(obj: Context, model: str, clients: tuple[str, ...], as_json: bool
         result = commit_guard_probes(registry, key, open_vault(obj.home, key, model), model,
                                      clients=clients or None)
     p = result.probes
-    doc = {"probeset": result.probeset_id, "probes": len(p.inputs), "records": p.records,
+    doc = {"probesets": list(result.probeset_ids), "probes": len(p.inputs), "records": p.records,
            "duplicates": p.duplicates, "already_committed": p.already_committed,
            "expired": p.expired, "other_clients": p.other_clients}
     if as_json:
         click.echo(json.dumps(doc, sort_keys=True))
-    elif result.probeset_id is None:
+    elif not result.probeset_ids:
         click.echo(f"nothing new to commit ({p.records} records, {p.already_committed} already "
                    f"committed, {p.duplicates} duplicates, {p.expired} expired)")
     else:
-        click.echo(f"committed guard probe set {result.probeset_id}: {len(p.inputs)} probes "
+        ids = ", ".join(map(str, result.probeset_ids))
+        click.echo(f"committed guard probe set(s) {ids} (one per epoch): {len(p.inputs)} probes "
                    f"from {p.records} records ({p.duplicates} duplicates, "
                    f"{p.already_committed} already committed, {p.expired} expired)")
+
+
+@guard_group.command("rotate")
+@click.option("--model", required=True, help="Registered model whose guard epoch to end.")
+@click.option("--rate", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="Marking rate of the new epoch (start `wm guard` with the same rate).")
+@click.pass_obj
+def rotate_cmd(obj: Context, model: str, rate: float) -> None:
+    """Commit a new guard epoch key (for instance after a dispute opened the current one).
+
+    A running guard keeps its epoch until it is restarted.
+    """
+    from guard.epochs import rotate_epoch
+    from registry.keys import load_owner_key
+    from registry.log import Registry
+
+    key = load_owner_key(obj.home)
+    with Registry.open(obj.registry_url, create=False) as registry:
+        info = registry.model(model)
+        if info.num_classes is None:
+            raise InputError(f"model {model!r} was registered without its class count")
+        epoch = rotate_epoch(registry, key, model, rate, info.num_classes)
+    click.echo(f"guard epoch {epoch.number} of {model!r} committed (log entry {epoch.log_index}, "
+               f"key {epoch.commitment[:16]}...)")
+
+
+@guard_group.group("clients")
+def clients_group() -> None:
+    """API keys of the guard's clients (`wm guard --clients FILE`)."""
+
+
+@clients_group.command("add")
+@click.argument("name")
+@click.option("--clients", "clients_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The clients file (created if new).")
+def clients_add_cmd(name: str, clients_file: Path) -> None:
+    """Give client NAME a new API key: printed once on stdout, only its hash stored."""
+    from guard.clients import add_client
+
+    click.echo(add_client(clients_file, name))

@@ -11,7 +11,9 @@ back (a torn last line, never acknowledged, is cut off), the registry is asked
 how far this journal was flushed (the log is the cursor, so a batch is never
 written twice), and the rest is flushed before the guard answers again.
 
-One guard process owns a journal at a time (an exclusive ``flock``).
+One guard process owns a journal segment at a time (an exclusive ``flock``).
+With several workers (``wm guard --workers N``) worker W writes segment W
+(``journal-W.jsonl``): its own file, lock, journal id and sequence numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -44,6 +47,7 @@ GUARD_QUERIES_TYPE = "application/vnd.wm.guard-queries+json"
 _JOURNAL_TYPE = "wm.guard-journal/v1"
 _BATCH_TYPE = "wm.guard-queries/v1"
 _COMPACT_EVERY = 4096
+_SEGMENT = re.compile(r"^journal-(\d{1,4})\.jsonl$")
 
 
 def now_iso() -> str:
@@ -62,8 +66,9 @@ class GuardRecord:
         output: what the upstream answered (labels, probabilities or logits).
         client: the client's identity as the request headers gave it (pseudonymised credentials).
         time: when it was answered (UTC).
-        epoch: the vault epoch whose key sealed the input.
+        epoch: the vault epoch (UTC day) whose key sealed the input.
         sealed_input: the input's canonical bytes, sealed.
+        key_epoch: the guard epoch whose committed key marked the answer (:mod:`guard.epochs`).
     """
 
     seq: int
@@ -74,6 +79,7 @@ class GuardRecord:
     time: str
     epoch: str
     sealed_input: bytes
+    key_epoch: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (journal line and registry payload)."""
@@ -86,6 +92,7 @@ class GuardRecord:
             "time": self.time,
             "epoch": self.epoch,
             "input_sealed": b64e(self.sealed_input),
+            "key_epoch": self.key_epoch,
         }
 
     @classmethod
@@ -101,6 +108,7 @@ class GuardRecord:
                 time=str(d["time"]),
                 epoch=str(d["epoch"]),
                 sealed_input=b64d(d["input_sealed"], what="sealed guard input"),
+                key_epoch=int(d["key_epoch"]),
             )
         except (KeyError, TypeError, ValueError, InputError) as exc:
             raise IntegrityError(f"malformed guard record: {exc}") from exc
@@ -112,19 +120,22 @@ class Journal:
     Args:
         directory: the guard's directory for the model (created with mode 0700).
         model: the model name, written in the journal header.
+        segment: the worker's segment number (0 for a single guard process).
 
     Raises:
         InputError: another guard process holds this journal.
         IntegrityError: the journal is damaged other than by a torn last line.
     """
 
-    def __init__(self, directory: Path, model: str) -> None:
+    def __init__(self, directory: Path, model: str, segment: int = 0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = self.directory / "journal.jsonl"
+        self.path = self.directory / f"journal-{segment}.jsonl"
         self.model = model
+        self.segment = segment
         self._lock = threading.Lock()
-        self._lock_fd = os.open(self.directory / "journal.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = os.open(self.directory / f"journal-{segment}.lock",
+                                os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -134,6 +145,14 @@ class Journal:
             ) from exc
         self.journal_id, self._next_seq, self._records = self._load()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    @staticmethod
+    def segments(directory: Path) -> list[int]:
+        """The segment numbers of the journals in ``directory``, ascending."""
+        if not Path(directory).is_dir():
+            return []
+        found = (_SEGMENT.match(p.name) for p in Path(directory).iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
 
     def _load(self) -> tuple[str, int, list[GuardRecord]]:
         if not self.path.exists():
@@ -242,7 +261,6 @@ class RegistryFlusher:
         registry_url: the registry to write to (opened in this object).
         owner_key: signs the log entries.
         journal: the journal to flush.
-        scheme: the marking scheme's canonical name, recorded in each batch.
         batch_size: most records per log entry.
         interval: seconds between flushes.
     """
@@ -253,7 +271,6 @@ class RegistryFlusher:
         owner_key: OwnerKey,
         journal: Journal,
         *,
-        scheme: str,
         batch_size: int = 512,
         interval: float = 0.5,
     ) -> None:
@@ -262,7 +279,6 @@ class RegistryFlusher:
         self._registry = Registry.open(registry_url)
         self._owner_key = owner_key
         self.journal = journal
-        self.scheme = scheme
         self.batch_size = batch_size
         self.interval = interval
         self._stop = threading.Event()
@@ -291,7 +307,6 @@ class RegistryFlusher:
                     "type": _BATCH_TYPE,
                     "model": self.journal.model,
                     "journal": self.journal.journal_id,
-                    "scheme": self.scheme,
                     "first": chunk[0].seq,
                     "last": chunk[-1].seq,
                     "records": [r.to_dict() for r in chunk],
@@ -336,4 +351,8 @@ class RegistryFlusher:
         try:
             self.flush()
         finally:
-            self._registry.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the registry connection (after :meth:`stop`, or when no thread was started)."""
+        self._registry.close()

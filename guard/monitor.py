@@ -11,7 +11,9 @@ augmentation, noisy copies of a seed pool) give many near-zero distances.
 The Shapiro–Wilk test's statistic ``W`` over the recorded distances falls
 below ``delta`` (the paper uses 0.90 to 0.96) and the client is flagged.
 
-The monitor runs off the request path (a queue and one thread), keeps
+The monitor runs off the request path (a lock-free deque drained every
+``poll_interval`` seconds by one thread, so a request costs an append, not a
+thread wake-up), keeps
 clients' inputs in memory only (bounded per client, least recently seen
 clients dropped), and persists only statistics (never inputs) to a JSON
 snapshot that ``wm guard report`` reads.
@@ -21,10 +23,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
+import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,7 @@ class ExtractionMonitor:
         max_clients: most clients tracked at once (least recently seen dropped).
         queue_size: most pending observations; beyond it observations are dropped and counted.
         snapshot_interval: seconds between snapshots.
+        poll_interval: seconds between drains of the pending observations.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class ExtractionMonitor:
         max_clients: int = 1000,
         queue_size: int = 100_000,
         snapshot_interval: float = 2.0,
+        poll_interval: float = 0.05,
     ) -> None:
         self.snapshot_path = snapshot_path
         self.delta = delta
@@ -128,18 +132,19 @@ class ExtractionMonitor:
         self.snapshot_interval = snapshot_interval
         self.clients: OrderedDict[str, PradaState] = OrderedDict()
         self.dropped = 0
-        self._queue: queue.Queue[tuple[str, np.ndarray, np.ndarray, float] | None] = queue.Queue(
-            queue_size
-        )
+        self.queue_size = queue_size
+        self.poll_interval = poll_interval
+        self._pending: deque[tuple[str, np.ndarray, np.ndarray, float]] = deque()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def submit(self, client: str, x: np.ndarray, labels: np.ndarray, when: float) -> None:
         """Queue a request's inputs ``[N, ...]`` and the upstream's labels (never blocks)."""
-        try:
-            self._queue.put_nowait((client, x, labels, when))
-        except queue.Full:
+        if len(self._pending) >= self.queue_size:
             self.dropped += 1
+        else:
+            self._pending.append((client, x, labels, when))
 
     def observe(self, client: str, x: np.ndarray, labels: np.ndarray, when: float) -> None:
         """Process one request's queries now (what the thread does)."""
@@ -180,28 +185,24 @@ class ExtractionMonitor:
         self._thread.start()
         return self
 
-    def _run(self) -> None:
-        import time
+    def _drain(self) -> None:
+        while self._pending:
+            self.observe(*self._pending.popleft())
 
+    def _run(self) -> None:
         next_snapshot = time.monotonic() + self.snapshot_interval
-        while True:
-            try:
-                item = self._queue.get(timeout=self.snapshot_interval)
-            except queue.Empty:
-                item = None
-            else:
-                if item is None:
-                    break
-                self.observe(*item)
+        while not self._stop.wait(self.poll_interval):
+            self._drain()
             if time.monotonic() >= next_snapshot:
                 self.write_snapshot()
                 next_snapshot = time.monotonic() + self.snapshot_interval
+        self._drain()
         self.write_snapshot()
 
     def stop(self) -> None:
-        """Process what is queued, write a last snapshot, stop the thread."""
+        """Process what is pending, write a last snapshot, stop the thread."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._stop.set()
             self._thread.join(timeout=30)
 
 

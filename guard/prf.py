@@ -1,53 +1,28 @@
-"""The guard's keyed marking decision: which answers are marked, and with which label.
+"""The guard's marking decision in service: which answers are marked, with which label, and the
+keyed identifiers the guard keeps of inputs and clients.
 
 After Szyller et al., "DAWN: Dynamic Adversarial Watermarking of Neural
-Networks" (ACM MM 2021), section 4: a keyed function of each query decides
-whether its answer is marked and what it becomes. Here the function is
-HMAC-SHA256 under a 32-byte guard key over the input's canonical bytes
-(float32 little-endian, C order, prefixed by its shape), so the same input
-always gets the same answer and different inputs get independent ones.
-
-The first 8 bytes of the HMAC decide marking (``u < floor(R * 2**64)``, so the
-inputs marked at rate R are also marked, with the same label, at any larger
-rate). The label is drawn from *other* output bytes by rejection sampling
-(exactly uniform over ``{0, ..., C-1}``), so it is independent of the marking
-decision and of the input's content.
-
-**Why the null is exact.** A guard probe is a marked query ``(x_i, L_i)``. Given
-the set of marked inputs (whichever client chose them, and whatever the
-marking bits were), the labels ``L_i`` are i.i.d. uniform over the C classes,
-independent of everything a model without the key can compute. So for any
-suspect that never learned from the guard's answers, and whatever it predicts
-(even a perfect copy of the owner's clean model, which agrees with the
-owner's true labels), ``P(M(x_i) = L_i) = 1/C`` exactly and the match count is
-``Binomial(n, 1/C)``. Two consequences:
-
-- A marked label that happens to equal the upstream's true label (probability
-  ``1/C``) is kept as a probe. Dropping those would condition ``L_i`` on
-  ``L_i != f(x_i)``: then a model that tends to *disagree* with the owner's
-  model would match with probability up to ``1/(C-1) > 1/C``, and the null
-  would no longer be exact. (Such answers cost a legitimate client nothing,
-  hence the accuracy cost ``R * (1 - 1/C)``.)
-- The same input queried twice is *one* probe: its label is the same both
-  times (a deterministic function of its bytes), and so is the suspect's
-  prediction, so counting it twice would count one Bernoulli trial twice.
-  Inputs that differ in any bit (a noisy copy) have independent labels and
-  are separate, valid probes even though a model's predictions on them are
-  correlated: given those predictions, the key-random labels still match
-  independently with probability 1/C each. Probes are therefore deduplicated
-  by the digest of their canonical bytes (:func:`input_digest`).
+Networks" (ACM MM 2021), section 4. The marking function itself (HMAC-SHA256
+under the current epoch's key over the input's canonical bytes, rate ``R``,
+exactly uniform labels) lives in the torch-free :mod:`core.marking`, so that an
+offline checker holding an opened epoch key re-derives it; why its null is
+exactly ``Binomial(1/C)`` is explained there. This module adds what only the
+running guard needs, under a model-level :class:`GuardKey` derived from the
+owner key: a keyed digest of each input (the dedup key and audit identifier:
+one input queried twice is one probe, not two) and pseudonyms of credentials.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import InputError, KeyError_
+from core.errors import KeyError_
+from core.marking import MARKING_PRF, Mark, canonical_bytes, subkey
+from guard.epochs import GuardEpoch
 
 __all__ = [
     "GUARD_KEY_SIZE",
@@ -56,23 +31,21 @@ __all__ = [
     "Mark",
     "Marker",
     "canonical_bytes",
-    "input_digest",
+    "keyed_input_digest",
 ]
 
 GUARD_KEY_SIZE = 32
-PRF_NAME = "hmac-sha256"
-_DOMAIN = b"wm.guard.mark/v1\x00"
+PRF_NAME = MARKING_PRF
 _DIGEST_DOMAIN = b"wm.guard.digest/v1\x00"
 _CLIENT_DOMAIN = b"wm.guard.client/v1\x00"
-_TWO64 = 1 << 64
 
 
 @dataclass(frozen=True)
 class GuardKey:
-    """The guard's 32 secret bytes; ``repr`` never shows them.
+    """The guard's model-level 32 secret bytes (digests, pseudonyms); ``repr`` never shows them.
 
     Derived from the owner key per model (:meth:`derive`), so a restarted guard
-    answers every input exactly as before, and nothing extra must be kept secret.
+    gives every input and client the same identifiers as before.
     """
 
     secret: bytes = field(repr=False)
@@ -94,80 +67,45 @@ class GuardKey:
             raise KeyError_("the guard key is derived from an unlocked owner key")
         return cls(derive(b"wm.guard-key/v1\x00" + model.encode("utf-8")))
 
-    def subkey(self, purpose: bytes) -> bytes:
-        """An independent 32-byte key for ``purpose`` (HMAC-SHA256 of the purpose)."""
-        return hmac.new(self.secret, b"wm.guard.subkey/v1\x00" + purpose, hashlib.sha256).digest()
-
-
-def canonical_bytes(x: np.ndarray) -> bytes:
-    """The bytes an input is keyed on: its shape (uint32 big-endian each) then float32 LE data."""
-    arr = np.ascontiguousarray(x, dtype="<f4")
-    return struct.pack(f">{arr.ndim + 1}I", arr.ndim, *arr.shape) + arr.tobytes()
-
-
-@dataclass(frozen=True)
-class Mark:
-    """The guard's decision for one input: marked or not, and the marked label."""
-
-    marked: bool
-    label: int
-
 
 class Marker:
-    """Decides, for each input, whether its answer is marked (rate ``R``) and its label.
+    """The guard's decision for each input (under one epoch) and its keyed identifiers.
 
     Args:
-        key: the guard key.
-        rate: the fraction ``R`` of distinct inputs whose answers are marked, in [0, 1].
-        num_classes: the task's class count ``C``.
+        key: the model's guard key (digests and pseudonyms).
+        epoch: the committed epoch whose key, rate and class count mark answers.
     """
 
-    def __init__(self, key: GuardKey, rate: float, num_classes: int) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise InputError(f"--rate must lie in [0, 1], got {rate}")
-        if num_classes < 2:
-            raise InputError("marking needs at least two classes")
-        self.rate = float(rate)
-        self.num_classes = int(num_classes)
-        self._threshold = min(_TWO64, int(self.rate * _TWO64))
-        self._mark_key = key.subkey(b"mark")
-        self._digest_key = key.subkey(b"digest")
-        self._client_key = key.subkey(b"client")
-        # Largest multiple of C below 2**64: 64-bit draws under it are exactly uniform mod C.
-        self._limit = _TWO64 - (_TWO64 % self.num_classes)
+    def __init__(self, key: GuardKey, epoch: GuardEpoch) -> None:
+        self.epoch = epoch
+        self.function = epoch.marking()
+        self._digest_key = subkey(key.secret, b"digest")
+        self._client_key = subkey(key.secret, b"client")
+
+    @property
+    def rate(self) -> float:
+        """The marking rate ``R``."""
+        return self.function.rate
+
+    @property
+    def num_classes(self) -> int:
+        """The task's class count ``C``."""
+        return self.function.num_classes
 
     @property
     def scheme(self) -> str:
         """Canonical name of the marking function with every parameter that shapes it."""
-        return f"dawn-guard:prf={PRF_NAME}:rate={self.rate:g}:classes={self.num_classes}"
+        return f"{self.function.scheme}:epoch={self.epoch.number}"
 
     def decide(self, data: bytes) -> Mark:
         """The decision for an input given by its :func:`canonical_bytes`."""
-        block = hmac.new(self._mark_key, _DOMAIN + data, hashlib.sha256).digest()
-        u = int.from_bytes(block[:8], "big")
-        label = self._uniform_label(data, block)
-        return Mark(marked=u < self._threshold, label=label)
-
-    def _uniform_label(self, data: bytes, block: bytes) -> int:
-        # Bytes 8..31 give three 64-bit candidates; further HMAC blocks (counter 1, 2, ...)
-        # follow in the astronomically rare case (p < (C / 2**64)**3) all are rejected.
-        counter = 0
-        words = block[8:]
-        while True:
-            for i in range(0, len(words), 8):
-                v = int.from_bytes(words[i : i + 8], "big")
-                if v < self._limit:
-                    return v % self.num_classes
-            counter += 1
-            words = hmac.new(
-                self._mark_key, _DOMAIN + struct.pack(">Q", counter) + data, hashlib.sha256
-            ).digest()
+        return self.function.decide(data)
 
     def digest(self, data: bytes) -> str:
-        """Keyed digest (hex HMAC-SHA256) of an input: dedup key and audit identifier.
+        """Keyed digest (hex HMAC-SHA256) of an input's canonical bytes: dedup key and audit identifier.
 
         Keyed so that the published log cannot be used to confirm a guess of a
-        client's input.
+        client's input; the same under every epoch.
         """
         return hmac.new(self._digest_key, _DIGEST_DOMAIN + data, hashlib.sha256).hexdigest()
 
@@ -177,6 +115,9 @@ class Marker:
         return mac.hexdigest()[:16]
 
 
-def input_digest(marker: Marker, x: np.ndarray) -> str:
-    """The keyed digest of one input array (see :meth:`Marker.digest`)."""
+def keyed_input_digest(marker: Marker, x: np.ndarray) -> str:
+    """The guard's keyed digest of one input array (see :meth:`Marker.digest`).
+
+    Not :func:`verifier.session.input_digest`, which is an unkeyed hash for transcripts.
+    """
     return marker.digest(canonical_bytes(x))

@@ -1,23 +1,26 @@
-"""Marked queries → a guard ``ProbeSet`` (kind ``"guard"``, exact null ``Binomial(1/C)``).
+"""Marked queries → guard ``ProbeSet``s (kind ``"guard"``, exact null ``Binomial(1/C)``), one per epoch.
 
 The guard's records in the registry log (:data:`guard.journal.GUARD_QUERIES_TYPE`)
-are read back, their inputs opened from the vault, and every label is
-recomputed with the guard key (a record whose label is not the keyed one is an
-integrity failure, not a probe). Probes are deduplicated by the input's keyed
-digest, both within the records and against inputs already committed in an
-earlier guard probe set of the same model, because one input queried twice is
-one Bernoulli trial, not two (see :mod:`guard.prf`). Records whose vault epoch
-was shredded (retention passed) cannot be opened and are skipped.
+are read back, their inputs opened from the vault, and every record is
+re-derived under its epoch's committed key (:mod:`guard.epochs`): a record
+whose input is not marked under that key, or whose label is not the keyed
+one, is an integrity failure, not a probe. Probes are deduplicated by the
+input's keyed digest, both within the records and against inputs already
+committed in an earlier guard probe set of the same model, because one input
+queried twice is one Bernoulli trial, not two (see :mod:`core.marking`).
+Records whose vault epoch was shredded (retention passed) cannot be opened
+and are skipped.
 
-:func:`commit_guard_probes` commits the result to the registry with
-:meth:`registry.log.Registry.add_probeset`, after which ``wm verify --model
-NAME`` uses it against a suspect like any other probe set.
+:func:`commit_guard_probes` commits one probe set per guard epoch with
+:meth:`registry.log.Registry.add_probeset`; its scheme names the epoch, its
+rate and its key commitment, so the signed probe-set record binds the probes
+to the key committed before they were marked. ``wm verify --model NAME`` then
+uses them against a suspect like any other probe set.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -25,9 +28,11 @@ import numpy as np
 import torch
 
 from core.errors import InputError, IntegrityError
+from core.marking import MARKING_PRF, canonical_bytes, decode_canonical
 from core.probeset import SALT_SIZE, Binomial, ProbeSet
+from guard.epochs import GuardEpoch, epochs
 from guard.journal import GuardRecord, guard_entries
-from guard.prf import PRF_NAME, GuardKey, Marker, canonical_bytes
+from guard.prf import GuardKey, Marker
 from guard.vault import InputVault
 from registry.keys import OwnerKey
 from registry.log import Registry
@@ -38,29 +43,15 @@ __all__ = [
     "collect_probes",
     "commit_guard_probes",
     "committed_digests",
-    "decode_input",
 ]
-
-
-def decode_input(data: bytes) -> np.ndarray:
-    """Inverse of :func:`guard.prf.canonical_bytes`."""
-    if len(data) < 4:
-        raise IntegrityError("a guard input is truncated")
-    (ndim,) = struct.unpack(">I", data[:4])
-    if ndim > 8 or len(data) < 4 + 4 * ndim:
-        raise IntegrityError("a guard input has a malformed shape")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    body = data[4 + 4 * ndim :]
-    if len(body) != 4 * int(np.prod(shape)):
-        raise IntegrityError("a guard input's size does not match its shape")
-    return np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32)
 
 
 @dataclass
 class GuardProbes:
-    """Marked queries gathered for a probe set, with what was left out and why."""
+    """Marked queries gathered for probe sets (per epoch), with what was left out and why."""
 
     inputs: list[np.ndarray] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
     clients: list[str] = field(default_factory=list)
@@ -81,6 +72,7 @@ def _records(registry: Registry, model: str) -> Iterable[GuardRecord]:
 def collect_probes(
     registry: Registry,
     marker: Marker,
+    known_epochs: dict[int, GuardEpoch],
     vault: InputVault,
     model: str,
     input_shape: tuple[int, ...],
@@ -92,7 +84,8 @@ def collect_probes(
 
     Args:
         registry: where the guard's records are.
-        marker: recomputes each record's keyed label and digest.
+        marker: recomputes each record's keyed digest.
+        known_epochs: the model's committed epochs (each record is re-derived under its own).
         vault: opens the sealed inputs.
         model: the registered model's name.
         input_shape: the model's input shape; records of another shape are skipped.
@@ -100,12 +93,16 @@ def collect_probes(
         client_filter: keep only records of clients it accepts.
 
     Raises:
-        IntegrityError: a record's input does not open, or its digest or label is not the keyed one.
+        IntegrityError: a record's input does not open, names no committed epoch, or its digest,
+            marking or label is not the keyed one.
     """
     out = GuardProbes()
     seen = set(exclude or ())
     for rec in _records(registry, model):
         out.records += 1
+        epoch = known_epochs.get(rec.key_epoch)
+        if epoch is None:
+            raise IntegrityError(f"guard record {rec.seq}: epoch {rec.key_epoch} was never committed")
         if client_filter is not None and not client_filter(rec.client):
             out.other_clients += 1
             continue
@@ -121,15 +118,17 @@ def collect_probes(
             continue
         if marker.digest(data) != rec.digest:
             raise IntegrityError(f"guard record {rec.seq}: its input does not match its digest")
-        if marker.decide(data).label != rec.label:
-            raise IntegrityError(f"guard record {rec.seq}: its label is not the keyed label")
-        x = decode_input(data)
+        mark = epoch.marking().decide(data)
+        if not mark.marked or mark.label != rec.label:
+            raise IntegrityError(f"guard record {rec.seq}: not the keyed mark of epoch {rec.key_epoch}")
+        x = decode_canonical(data)
         if tuple(x.shape) != tuple(input_shape):
             out.other_shape += 1
             continue
         seen.add(rec.digest)
         out.inputs.append(x)
         out.labels.append(rec.label)
+        out.epochs.append(rec.key_epoch)
         out.digests.append(rec.digest)
         out.clients.append(rec.client)
     return out
@@ -137,9 +136,9 @@ def collect_probes(
 
 @dataclass(frozen=True)
 class CommitResult:
-    """What :func:`commit_guard_probes` did."""
+    """What :func:`commit_guard_probes` did: the new probe sets' ids (one per epoch) and tallies."""
 
-    probeset_id: int | None
+    probeset_ids: tuple[int, ...]
     probes: GuardProbes
 
 
@@ -160,7 +159,7 @@ def commit_guard_probes(
     *,
     clients: Iterable[str] | None = None,
 ) -> CommitResult:
-    """Commit the marked queries of ``model`` not committed yet as a guard probe set.
+    """Commit the marked queries of ``model`` not committed yet, one guard probe set per epoch.
 
     Args:
         registry: the registry (records are read from it, the probe set added to it).
@@ -170,7 +169,7 @@ def commit_guard_probes(
         clients: only these clients' queries (default: every client's).
 
     Returns:
-        The new probe set's id (``None`` when there was nothing new) and the tallies.
+        The new probe sets' ids (none when there was nothing new) and the tallies.
 
     Raises:
         RegistryError: unknown model. InputError: the model's class count or input shape is unknown.
@@ -178,23 +177,29 @@ def commit_guard_probes(
     info = registry.model(model)
     if info.num_classes is None or info.input_shape is None:
         raise InputError(f"model {model!r} was registered without its class count and input shape")
-    marker = Marker(GuardKey.derive(owner_key, model), 0.0, info.num_classes)
+    known = epochs(registry, owner_key, model)
+    if not known:
+        return CommitResult((), GuardProbes())
+    marker = Marker(GuardKey.derive(owner_key, model), known[max(known)])
     wanted = set(clients) if clients is not None else None
     probes = collect_probes(
-        registry, marker, vault, model, info.input_shape,
+        registry, marker, known, vault, model, info.input_shape,
         exclude=committed_digests(registry, owner_key, model, marker),
         client_filter=(lambda c: c in wanted) if wanted is not None else None,
     )
-    if not probes.inputs:
-        return CommitResult(None, probes)
-    n = len(probes.inputs)
-    ps = ProbeSet(
-        inputs=torch.from_numpy(np.stack(probes.inputs)),
-        expected=torch.tensor(probes.labels, dtype=torch.int64),
-        kind="guard",
-        scheme=f"dawn-guard:prf={PRF_NAME}:labels=uniform:classes={info.num_classes}:n={n}",
-        null=Binomial(1.0 / info.num_classes),
-        num_classes=info.num_classes,
-        salts=tuple(os.urandom(SALT_SIZE) for _ in range(n)),
-    )
-    return CommitResult(registry.add_probeset(owner_key, model, ps), probes)
+    ids = []
+    for number in sorted(set(probes.epochs)):
+        rows = [i for i, e in enumerate(probes.epochs) if e == number]
+        epoch, n = known[number], len(rows)
+        ps = ProbeSet(
+            inputs=torch.from_numpy(np.stack([probes.inputs[i] for i in rows])),
+            expected=torch.tensor([probes.labels[i] for i in rows], dtype=torch.int64),
+            kind="guard",
+            scheme=(f"dawn-guard:prf={MARKING_PRF}:labels=uniform:classes={info.num_classes}"
+                    f":rate={epoch.rate:g}:epoch={number}:key={epoch.commitment}:n={n}"),
+            null=Binomial(1.0 / info.num_classes),
+            num_classes=info.num_classes,
+            salts=tuple(os.urandom(SALT_SIZE) for _ in range(n)),
+        )
+        ids.append(registry.add_probeset(owner_key, model, ps))
+    return CommitResult(tuple(ids), probes)

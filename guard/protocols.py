@@ -11,10 +11,11 @@ The guard speaks what :mod:`verifier.protocols` speaks, from the server side:
   a score vector.
 
 Answers are validated with :func:`verifier.protocols.interpret_outputs` (the
-verifier's own reading of labels, probabilities and logits). Anything the
-guard does not understand, a request or an answer, is passed through
-untouched and nothing is recorded for it: the client gets exactly what the
-upstream said.
+verifier's own reading of labels, probabilities and logits). ``None`` from
+these functions means the guard does not understand a request or an answer:
+the proxy (:mod:`guard.proxy`) then refuses an inference request it cannot
+read, and an answer it cannot mark when a row must be marked, rather than let
+either through unmarked.
 """
 
 from __future__ import annotations

@@ -1,19 +1,33 @@
 """The guard: a reverse proxy that watermarks the owner's own prediction API (DAWN).
 
 After Szyller et al., "DAWN: Dynamic Adversarial Watermarking of Neural
-Networks" (ACM MM 2021). :class:`GuardProxy` is an ASGI application in front
-of the owner's inference server. Every request is forwarded unchanged (httpx,
-explicit timeouts, pooled keep-alive connections) and every answer comes back
-unchanged, errors included, except inference answers of the guarded model
-(:mod:`guard.protocols`): for each input the keyed PRF of :mod:`guard.prf`
+Networks" (ACM MM 2021). :class:`GuardProxy` answers each request that
+:mod:`guard.http` received by forwarding it to the owner's inference server
+(:mod:`guard.upstream`: pooled keep-alive connections, one overall deadline)
+and returning the answer unchanged, errors included, except inference answers
+of the guarded model (:mod:`guard.protocols`): for each input the keyed
+function of :mod:`core.marking`, under the current epoch's committed key,
 decides whether it is marked (a fraction R of distinct inputs) and with which
 label; a marked row's label is replaced (a score row is permuted so that its
 argmax is the marked label). Before a marked answer leaves, its record is
 sealed and fsynced to the write-ahead journal (:mod:`guard.journal`); if that
 fails the client gets 503 rather than an unrecorded mark.
 
-An unreachable upstream gives 502 and a timeout 504, each with one clear
-``{"error": ...}`` line; nothing is recorded for them.
+What the guard refuses, each with one ``{"error": ...}`` line:
+
+- a request target that is not a path in normal form (400): the upstream URL
+  is built from the configured upstream and the target's path and query, and a
+  target such as ``@host:port/...`` or ``http://host/...`` must never steer it
+  elsewhere (an open proxy answers unmarked); nor may ``%``-escapes, ``//`` or
+  dot segments make the guard and the upstream read different paths;
+- an inference request for the guarded model that it cannot read (400): what it
+  cannot read it cannot mark, so it does not pass it on;
+- an upstream answer it cannot rewrite when a row must be marked (502);
+- with API keys (:mod:`guard.clients`), a request without a known key (401).
+
+An unreachable upstream gives 502 and a timeout 504; nothing is recorded for them.
+The answer to a request none of whose inputs is marked is not parsed unless
+the PRADA monitor needs its labels.
 """
 
 from __future__ import annotations
@@ -22,20 +36,22 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-import httpx
 import numpy as np
 
 from core.errors import InputError
+from core.marking import canonical_bytes
+from guard.clients import OPEN_PATHS, ClientKeys
+from guard.http import Request, Response
 from guard.journal import GuardRecord, Journal, RegistryFlusher
 from guard.monitor import ExtractionMonitor
-from guard.prf import Marker, canonical_bytes
+from guard.prf import Marker
 from guard.protocols import encode_marked, parse_answer, parse_inputs, route_of
+from guard.upstream import Upstream, UpstreamError, UpstreamTimeoutError
 from guard.vault import InputVault
 
 __all__ = [
@@ -45,22 +61,21 @@ __all__ = [
     "GuardProxy",
     "MarkRecorder",
     "client_identity",
+    "normal_path",
     "upstream_base",
 ]
-
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 DEFAULT_CLIENT_HEADERS: tuple[str, ...] = ("x-client-id", "x-api-key", "authorization")
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie",
                                 "api-key"})
-MAX_BODY = 64 << 20
-_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-                  "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length"})
-_RESPONSE_DROP = _HOP | {"content-encoding", "date", "server"}
+_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+                  b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host",
+                  b"content-length", b"expect", b"accept-encoding", b"x-forwarded-for"})
+_RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
+                            b"trailer", b"upgrade", b"proxy-authenticate"})
 _PATH_MARKERS = ("/v2/", "/v1/", "/predictions/")
 _PRINTABLE = re.compile(r"[^\x21-\x7e]")
+_NOT_NORMAL = re.compile(r"//|/\.\.?(/|$)|[\\\x00-\x20\x7f-\uffff]")
 
 
 def upstream_base(url: str) -> tuple[str, str | None]:
@@ -70,8 +85,9 @@ def upstream_base(url: str) -> tuple[str, str | None]:
     a base URL (with or without a path prefix) is kept as it is.
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InputError(f"--upstream must be an http(s) URL, got {url!r}")
+    if parts.scheme != "http" or not parts.netloc:
+        raise InputError(f"--upstream must be an http:// URL (the guard speaks plain HTTP to a "
+                         f"local inference server), got {url!r}")
     path = parts.path
     name = None
     for marker in _PATH_MARKERS:
@@ -86,16 +102,34 @@ def upstream_base(url: str) -> tuple[str, str | None]:
     return f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}", name
 
 
+def normal_path(target: bytes) -> tuple[str, bytes] | None:
+    """``(decoded path, query)`` of an origin-form request target, or ``None`` to refuse it.
+
+    Refused: a target not starting with ``/`` (absolute form, ``@host/...``,
+    ``*``), non-ASCII bytes, and a path that, ``%``-decoded, holds ``//``, a dot
+    segment, a backslash or a control character (another server could resolve
+    it to a route the guard did not see).
+    """
+    if not target.startswith(b"/") or not target.isascii():
+        return None
+    raw, _, query = target.partition(b"?")
+    path = unquote(raw.decode("ascii"), errors="strict")
+    if _NOT_NORMAL.search(path) or "%" in path:  # "%" left after decoding: double encoding
+        return None
+    return path, query
+
+
 def client_identity(
     headers: Mapping[str, str], peer: str | None, pseudonym: Callable[[str], str],
     names: Sequence[str] = DEFAULT_CLIENT_HEADERS,
 ) -> str:
     """Who sent a request, as its headers say; credentials only as a keyed pseudonym.
 
-    The first of ``names`` present wins: a credential header (``Authorization``,
-    ``X-Api-Key``, ...) gives ``key:<16 hex>`` (an HMAC under the guard key, so
-    the log never holds a usable secret), any other header ``<name>:<value>``;
-    then ``X-Forwarded-For``'s first address, then the peer address.
+    Used without API keys (:mod:`guard.clients`), when the headers are the
+    client's own word. The first of ``names`` present wins: a credential header
+    (``Authorization``, ``X-Api-Key``, ...) gives ``key:<16 hex>`` (an HMAC under
+    the guard key, so the log never holds a usable secret), any other header
+    ``<name>:<value>``; then ``X-Forwarded-For``'s first address, then the peer address.
     """
     for name in names:
         value = headers.get(name.lower())
@@ -119,7 +153,7 @@ class GuardConfig:
         upstream_model: the model name in the upstream's URLs whose answers are marked.
         num_classes: the task's class count ``C``.
         input_shape: one input's shape ``(C, H, W)``.
-        timeout: seconds for connecting to, writing to and reading from the upstream.
+        timeout: seconds for one whole exchange with the upstream.
         client_headers: request headers naming the client, in order of preference.
     """
 
@@ -147,8 +181,8 @@ class MarkRecorder:
         self.journal = journal
         self.flusher = flusher
 
-    def record(self, items: Sequence[tuple[bytes, str, int]], output: str,
-               client: str) -> list[GuardRecord]:
+    def record(self, items: Sequence[tuple[bytes, str, int]], output: str, client: str,
+               key_epoch: int) -> list[GuardRecord]:
         """Journal marked queries ``(canonical bytes, digest, label)`` answered to ``client``."""
         now = datetime.now(UTC)
         stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -156,7 +190,8 @@ class MarkRecorder:
         for data, digest, label in items:
             epoch, sealed = self.vault.seal(data, digest, now)
             pending.append({"digest": digest, "label": label, "output": output, "client": client,
-                            "time": stamp, "epoch": epoch, "sealed_input": sealed})
+                            "time": stamp, "epoch": epoch, "sealed_input": sealed,
+                            "key_epoch": key_epoch})
         out = self.journal.append(pending)
         if self.flusher is not None and len(self.journal.records_after(self.flusher.flushed_seq)) >= \
                 self.flusher.batch_size:
@@ -164,162 +199,119 @@ class MarkRecorder:
         return out
 
 
-def _json_response(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    body = json.dumps({"error": message}).encode()
-    return status, [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())], body
+def _error(status: int, message: str) -> Response:
+    return Response(status, [(b"content-type", b"application/json")],
+                    json.dumps({"error": f"wm guard: {message}"}).encode())
 
 
 class GuardProxy:
-    """The ASGI application (see the module docstring).
+    """Answers requests (see the module docstring); one per event loop.
 
     Args:
         config: upstream, model and limits.
-        marker: the keyed marking decision.
+        marker: the keyed marking decision of the current epoch.
         recorder: journals marked queries; ``None`` marks without recording (benchmarks only).
         monitor: PRADA extraction monitoring, if wanted.
-        transport: an httpx transport for the upstream (tests); default a pooled TCP one.
+        clients: API keys; when given, requests are attributed by them and others refused.
     """
 
-    def __init__(
-        self,
-        config: GuardConfig,
-        marker: Marker,
-        recorder: MarkRecorder | None,
-        monitor: ExtractionMonitor | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, config: GuardConfig, marker: Marker, recorder: MarkRecorder | None,
+                 monitor: ExtractionMonitor | None = None, clients: ClientKeys | None = None) -> None:
         if marker.num_classes != config.num_classes:
             raise InputError("the marker and the model disagree on the number of classes")
         self.config = config
         self.marker = marker
         self.recorder = recorder
         self.monitor = monitor
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self.counts = {"requests": 0, "inference": 0, "rows": 0, "marked": 0, "upstream_errors": 0}
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            t = self.config.timeout
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(t, connect=min(t, 10.0)),
-                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=1024),
-                transport=self._transport,
-                follow_redirects=False,
-            )
-        return self._client
+        self.clients = clients
+        self.upstream = Upstream(config.upstream, timeout=config.timeout)
+        self.counts = {"requests": 0, "inference": 0, "rows": 0, "marked": 0, "upstream_errors": 0,
+                       "refused": 0}
 
     async def aclose(self) -> None:
         """Close the upstream connections."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        self.upstream.close()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        status, headers, body = await self._handle(scope, receive)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    def _refuse(self, status: int, message: str) -> Response:
+        self.counts["refused"] += 1
+        return _error(status, message)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    def _client(self, req: Request) -> str:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers}
+        return client_identity(headers, req.peer, self.marker.client_pseudonym,
+                               self.config.client_headers)
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def handle(self, req: Request) -> Response:
+        """The answer to one request."""
         self.counts["requests"] += 1
-        body = await self._read_body(receive)
-        if body is None:
-            return _json_response(413, f"request body over {MAX_BODY} bytes")
-        method: str = scope["method"]
-        path: str = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?")[0]
-        route = route_of(method, scope["path"])
+        parts = normal_path(req.target)
+        if parts is None:
+            return self._refuse(400, "the request target must be a path in normal form")
+        path, _ = parts
+        method = req.method.decode("latin-1")
+        client: str | None = None
+        if self.clients is not None and not (method == "GET" and path in OPEN_PATHS):
+            client = self.clients.identify(req.headers)
+            if client is None:
+                return self._refuse(401, "a known API key is required (X-Api-Key or Bearer)")
+        route = route_of(method, path)
         if route is not None and route.model != self.config.upstream_model:
             route = None
-        x = parse_inputs(route, body, self.config.input_shape) if route is not None else None
-        req_headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                       for k, v in scope.get("headers", [])}
-        forward = [(k, v) for k, v in req_headers.items() if k not in _HOP]
-        peer = scope.get("client")
-        peer_addr = peer[0] if peer else None
-        if peer_addr:
-            prior = req_headers.get("x-forwarded-for")
-            forward.append(("x-forwarded-for", f"{prior}, {peer_addr}" if prior else peer_addr))
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = self.config.upstream + path + (f"?{query}" if query else "")
-        try:
-            r = await self._http().request(method, url, content=body, headers=forward)
-        except httpx.TimeoutException as exc:
-            self.counts["upstream_errors"] += 1
-            return _json_response(
-                504, f"wm guard: upstream {self.config.upstream} timed out ({type(exc).__name__})")
-        except httpx.HTTPError as exc:
-            self.counts["upstream_errors"] += 1
-            return _json_response(
-                502, f"wm guard: upstream {self.config.upstream} unreachable ({type(exc).__name__})")
-        content = r.content
-        out_headers = [(k.encode("latin-1"), v.encode("latin-1"))
-                       for k, v in r.headers.multi_items() if k.lower() not in _RESPONSE_DROP]
-        if route is not None and x is not None and r.status_code == 200:
-            self.counts["inference"] += 1
-            marked = await self._mark(route, x, content, req_headers, peer_addr)
-            if isinstance(marked, tuple):
-                return marked
-            content = marked
-        out_headers.append((b"content-length", str(len(content)).encode()))
-        return r.status_code, out_headers, content
-
-    async def _mark(self, route: Any, x: np.ndarray, content: bytes, headers: Mapping[str, str],
-                    peer: str | None) -> bytes | tuple[int, list[tuple[bytes, bytes]], bytes]:
-        n = int(x.shape[0])
-        answer = parse_answer(route, content, n, self.config.num_classes)
-        if answer is None:
-            return content  # not an answer the guard can mark: as the upstream said it
-        self.counts["rows"] += n
-        client = client_identity(headers, peer, self.marker.client_pseudonym,
-                                 self.config.client_headers)
-        if self.monitor is not None:
-            self.monitor.submit(client, x, answer.labels, time.time())
         marks: dict[int, int] = {}
         items: list[tuple[bytes, str, int]] = []
-        for i in range(n):
-            data = canonical_bytes(x[i])
-            mark = self.marker.decide(data)
-            if mark.marked:
-                marks[i] = mark.label
-                items.append((data, self.marker.digest(data), mark.label))
+        x = None
+        if route is not None:
+            x = parse_inputs(route, req.body, self.config.input_shape)
+            if x is None:
+                shape = ", ".join(map(str, self.config.input_shape))
+                return self._refuse(400, "not an inference request the guard can read: one float "
+                                         f"input of shape [N, {shape}]")
+            for i in range(x.shape[0]):
+                data = canonical_bytes(x[i])
+                mark = self.marker.decide(data)
+                if mark.marked:
+                    marks[i] = mark.label
+                    items.append((data, self.marker.digest(data), mark.label))
+        forward = [(k, v) for k, v in req.headers if k not in _HOP]
+        prior = next((v for k, v in req.headers if k == b"x-forwarded-for"), None)
+        if req.peer:
+            peer = req.peer.encode()
+            forward.append((b"x-forwarded-for", prior + b", " + peer if prior else peer))
+        try:
+            answer = await self.upstream.request(req.method, req.target, forward, req.body)
+        except UpstreamTimeoutError as exc:
+            self.counts["upstream_errors"] += 1
+            return _error(504, f"upstream {self.config.upstream} timed out ({exc})")
+        except UpstreamError as exc:
+            self.counts["upstream_errors"] += 1
+            return _error(502, f"upstream {self.config.upstream} unreachable ({exc})")
+        headers = [(k, v) for k, v in answer.headers if k not in _RESPONSE_DROP]
+        if route is None or x is None or answer.status != 200 or (not marks and self.monitor is None):
+            return Response(answer.status, headers, answer.body)
+        self.counts["inference"] += 1
+        self.counts["rows"] += x.shape[0]
+        return await self._mark(route, x, marks, items, headers, answer.body,
+                                client or self._client(req))
+
+    async def _mark(self, route: object, x: np.ndarray, marks: dict[int, int],
+                    items: list[tuple[bytes, str, int]], headers: list[tuple[bytes, bytes]],
+                    body: bytes, client: str) -> Response:
+        n = int(x.shape[0])
+        parsed = parse_answer(route, body, n, self.config.num_classes)  # type: ignore[arg-type]
+        if parsed is None or any(k == b"content-encoding" for k, _ in headers):
+            if marks:
+                return _error(502, "the upstream's answer cannot be marked, so it is not passed on")
+            return Response(200, headers, body)
+        if self.monitor is not None:
+            self.monitor.submit(client, x, parsed.labels, time.time())
         if not marks:
-            return content
+            return Response(200, headers, body)
         if self.recorder is not None:
             try:
-                await asyncio.to_thread(self.recorder.record, items, answer.kind, client)
+                await asyncio.to_thread(self.recorder.record, items, parsed.kind, client,
+                                        self.marker.epoch.number)
             except OSError as exc:
-                return _json_response(
-                    503, f"wm guard: cannot record a marked answer ({type(exc).__name__}); retry")
+                return _error(503, f"cannot record a marked answer ({type(exc).__name__}); retry")
         self.counts["marked"] += len(marks)
-        return encode_marked(route, answer, marks, self.config.num_classes)
+        body = encode_marked(route, parsed, marks, self.config.num_classes)  # type: ignore[arg-type]
+        return Response(200, headers, body)

@@ -19,6 +19,7 @@ kept as long as the registry keeps that probe set.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import threading
@@ -80,22 +81,24 @@ class InputVault:
             if epoch in self._keys:
                 return self._keys[epoch]
             path = self.directory / f"{epoch}.key"
-            try:
-                sealed = path.read_bytes()
-            except FileNotFoundError:
+            if not path.exists():
                 if not create:
                     return None
-                raw = os.urandom(32)
-                self._write_key(path, seal(self._owner_key, raw, self._context(epoch)))
-                self._keys[epoch] = AESGCM(raw)
-                return self._keys[epoch]
-            raw = open_sealed(self._owner_key, sealed, self._context(epoch))
+                self._create_key(path, epoch)
+            raw = open_sealed(self._owner_key, path.read_bytes(), self._context(epoch))
             self._keys[epoch] = AESGCM(raw)
             return self._keys[epoch]
 
-    def _write_key(self, path: Path, data: bytes) -> None:
+    def _create_key(self, path: Path, epoch: str) -> None:
+        """Write a new epoch key unless another guard worker just did (under a file lock)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(path, data)
+        fd = os.open(self.directory / ".create.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not path.exists():
+                write_private(path, seal(self._owner_key, os.urandom(32), self._context(epoch)))
+        finally:
+            os.close(fd)
 
     def _aad(self, epoch: str, digest: str) -> bytes:
         return canonical_json(

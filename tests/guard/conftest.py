@@ -18,6 +18,7 @@ import torch
 from core.data import load_digits
 from core.modelio import LoadedModel, load_model, save_model
 from core.training import train_new
+from guard.http import BackgroundHTTPServer
 from guard.service import GuardOptions, GuardService
 from registry.keys import OwnerKey, generate_owner_key
 from registry.log import Registry
@@ -79,7 +80,7 @@ class Guarded:
     """An upstream server and a guard in front of it, both on loopback."""
 
     upstream: BackgroundServer
-    guard: BackgroundServer
+    guard: BackgroundHTTPServer
     service: GuardService
 
     def infer_url(self, base: str) -> str:
@@ -102,7 +103,7 @@ def guarded(owner: Owner, *, rate: float, output: str = "labels",
                          rate=rate, flush_interval=0.05, **options),  # type: ignore[arg-type]
         ).start()
         stack.callback(service.close)
-        guard = stack.enter_context(running_server(service.app))
+        guard = stack.enter_context(service.serve_background())
         yield Guarded(upstream, guard, service)
 
 

@@ -144,7 +144,7 @@ def test_answers_the_guard_cannot_mark_are_none(body: bytes) -> None:
         ("http://h:8080/v1/models/digits:predict", ("http://h:8080", "digits")),
         ("http://h:8080/predictions/digits", ("http://h:8080", "digits")),
         ("http://h:8080/", ("http://h:8080", None)),
-        ("https://h/api/v2/models/x", ("https://h/api", "x")),
+        ("http://h/api/v2/models/x", ("http://h/api", "x")),
     ],
 )
 def test_upstream_base(url: str, expected: tuple[str, str | None]) -> None:

@@ -16,8 +16,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.canonical import b64e
+from core.marking import canonical_bytes
+from guard.epochs import current_epoch
 from guard.journal import GUARD_QUERIES_TYPE, GuardRecord
-from guard.prf import GuardKey, Marker, canonical_bytes
+from guard.prf import GuardKey, Marker
 from guard.probes import commit_guard_probes
 from guard.service import GuardOptions, GuardService, guard_dir, open_vault
 from registry.log import Registry
@@ -26,7 +28,10 @@ from verifier.server import running_server
 
 
 def _marker(owner: Owner, rate: float) -> Marker:
-    return Marker(GuardKey.derive(owner.key, MODEL), rate, 10)
+    """The marker the guard will use: its epoch, committed now (the guard then takes it)."""
+    with Registry.open(owner.registry_url) as reg:
+        epoch = current_epoch(reg, owner.key, MODEL, rate, 10)
+    return Marker(GuardKey.derive(owner.key, MODEL), epoch)
 
 
 def _records(owner: Owner) -> list[GuardRecord]:
@@ -67,12 +72,13 @@ def test_marks_labels_by_key_and_records_every_marked_query(owner: Owner) -> Non
                                             zip(x, marks, strict=True) if m.marked}
     with Registry.open(owner.registry_url) as reg:
         result = commit_guard_probes(reg, owner.key, open_vault(owner.home, owner.key, MODEL), MODEL)
-        assert result.probeset_id is not None and result.probes.duplicates == n_marked
-        ps = reg.load_probeset(result.probeset_id, owner.key)
+        assert len(result.probeset_ids) == 1 and result.probes.duplicates == n_marked
+        ps = reg.load_probeset(result.probeset_ids[0], owner.key)
         assert ps.kind == "guard" and len(ps) == n_marked and ps.null.to_dict()["p0"] == 0.1
+        assert f":epoch=0:key={marker.epoch.commitment}:" in ps.scheme
         again_result = commit_guard_probes(reg, owner.key, open_vault(owner.home, owner.key, MODEL),
                                            MODEL)
-        assert again_result.probeset_id is None and again_result.probes.already_committed == 2 * n_marked
+        assert again_result.probeset_ids == () and again_result.probes.already_committed == 2 * n_marked
         reg.verify_log()
     # Clients' inputs are never on disk in plain text (journal, epoch keys, registry).
     marked_x = [r for r, m in zip(x, marks, strict=True) if m.marked]
@@ -114,21 +120,37 @@ def test_v1_and_torchserve_answers_are_marked_too(owner: Owner) -> None:
     assert v1 == labels and ts == labels[0]
 
 
-def test_malformed_requests_are_answered_as_the_upstream_would_and_not_recorded(owner: Owner) -> None:
+def test_inference_requests_the_guard_cannot_read_are_refused_and_not_forwarded(owner: Owner) -> None:
+    """What the guard cannot read it cannot mark: refused (400), never answered unmarked."""
     x = digits_queries(2)
     good = oip_body(x)
+    ragged = {"inputs": [{**good["inputs"][0], "shape": [2, 1, 8, 8],  # type: ignore[index]
+                          "data": [x[0].reshape(-1).tolist(), x[1].reshape(-1).tolist()[:63]]}]}
     bad_shape = {"inputs": [{**good["inputs"][0], "shape": [2, 1, 4, 16]}]}  # type: ignore[index]
     nan = json.dumps(good).replace(str(float(x.reshape(-1)[10])), "NaN", 1)
+    bodies = [b"{not json", json.dumps(ragged).encode(), json.dumps(bad_shape).encode(), nan.encode(),
+              b'{"inputs": [{"name": "input-0"}]}']
+    with guarded(owner, rate=1.0) as g, httpx.Client() as c:
+        url = g.infer_url(g.guard.url)
+        for body in bodies:
+            r = c.post(url, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, body[:40]
+            assert r.json()["error"].startswith("wm guard: not an inference request the guard can read")
+        assert g.service.proxy.counts["refused"] == len(bodies)
+        assert g.service.proxy.counts["inference"] == 0  # none of them reached the upstream
+        assert g.service.journal.next_seq == 0
+    assert _records(owner) == []
+
+
+def test_other_requests_are_answered_as_the_upstream_would_and_not_recorded(owner: Owner) -> None:
+    good = oip_body(digits_queries(2))
     requests: list[tuple[str, str, bytes | None]] = [
-        ("POST", f"/v2/models/{UPSTREAM_NAME}/infer", b"{not json"),
-        ("POST", f"/v2/models/{UPSTREAM_NAME}/infer", json.dumps(bad_shape).encode()),
-        ("POST", f"/v2/models/{UPSTREAM_NAME}/infer", nan.encode()),
-        ("POST", f"/v2/models/{UPSTREAM_NAME}/infer", b'{"inputs": [{"name": "input-0"}]}'),
         ("POST", "/v2/models/other/infer", json.dumps(good).encode()),
         ("GET", f"/v2/models/{UPSTREAM_NAME}", None),
         ("GET", "/v2/health/ready", None),
         ("GET", "/no/such/path?x=1", None),
         ("PUT", f"/v2/models/{UPSTREAM_NAME}/infer", b"{}"),
+        ("HEAD", "/v2/health/ready", None),
     ]
     with guarded(owner, rate=1.0) as g, httpx.Client() as c:
         for method, path, body in requests:
@@ -146,10 +168,11 @@ def test_upstream_down_gives_502_with_a_clear_error(owner: Owner) -> None:
     service = GuardService.open(owner.home, owner.registry_url, owner.key, GuardOptions(
         upstream=f"{url}/v2/models/{UPSTREAM_NAME}/infer", model=MODEL, rate=1.0, timeout=2.0)).start()
     try:
-        with running_server(service.app) as g, httpx.Client() as c:
+        with service.serve_background() as g, httpx.Client() as c:
             r = c.post(f"{g.url}/v2/models/{UPSTREAM_NAME}/infer", json=oip_body(digits_queries(1)))
         assert r.status_code == 502
-        assert r.json() == {"error": f"wm guard: upstream {url} unreachable (ConnectError)"}
+        assert r.json() == {"error": f"wm guard: upstream {url} unreachable "
+                                     "(cannot connect (ConnectionRefusedError))"}
     finally:
         service.close()
     assert _records(owner) == []
@@ -175,18 +198,22 @@ def _misbehaving_upstream() -> Starlette:
     return Starlette(routes=[Route(f"/v2/models/{UPSTREAM_NAME}/infer", infer, methods=["POST"])])
 
 
-def test_misbehaving_upstream_is_passed_through_and_nothing_recorded(owner: Owner) -> None:
+def test_misbehaving_upstream_is_never_passed_on_unmarked_and_nothing_recorded(owner: Owner) -> None:
     x = digits_queries(3)
     with running_server(_misbehaving_upstream()) as up:
         service = GuardService.open(owner.home, owner.registry_url, owner.key, GuardOptions(
             upstream=up.url, model=MODEL, upstream_model=UPSTREAM_NAME, rate=1.0, timeout=0.5)).start()
         try:
-            with running_server(service.app) as g, httpx.Client(timeout=10) as c:
+            with service.serve_background() as g, httpx.Client(timeout=10) as c:
                 url = f"/v2/models/{UPSTREAM_NAME}/infer"
-                for behave in ("500", "garbage", "wrong-count"):
-                    d = c.post(up.url + url, json=oip_body(x), headers={"x-behave": behave})
+                d = c.post(up.url + url, json=oip_body(x), headers={"x-behave": "500"})
+                p = c.post(g.url + url, json=oip_body(x), headers={"x-behave": "500"})
+                assert (p.status_code, p.content) == (d.status_code, d.content)  # an error: as it is
+                for behave in ("garbage", "wrong-count"):  # rate 1: rows to mark, an answer it cannot
                     p = c.post(g.url + url, json=oip_body(x), headers={"x-behave": behave})
-                    assert (p.status_code, p.content) == (d.status_code, d.content), behave
+                    assert p.status_code == 502, behave
+                    assert p.json()["error"] == ("wm guard: the upstream's answer cannot be marked, "
+                                                 "so it is not passed on")
                 slow = c.post(g.url + url, json=oip_body(x), headers={"x-behave": "slow"})
                 assert slow.status_code == 504
                 assert slow.json()["error"].startswith(f"wm guard: upstream {up.url} timed out")
@@ -251,4 +278,4 @@ def test_a_second_guard_for_the_same_model_is_refused(owner: Owner, tmp_path: Pa
             GuardService.open(owner.home, owner.registry_url, owner.key, options)
     finally:
         first.journal.close()
-    assert (guard_dir(owner.home, MODEL) / "journal.jsonl").exists()
+    assert (guard_dir(owner.home, MODEL) / "journal-0.jsonl").exists()
