@@ -3,12 +3,15 @@
 Three parts, each written to ``benchmarks/results/guard.md``:
 
 1. **Latency and throughput** (``--part speed``): ``wm serve`` (the owner's
-   CNN) and ``wm guard`` in front of it run as separate processes on loopback;
-   ``wrk`` (Debian package ``wrk``) sends single-input Open Inference Protocol
-   requests, rotating over 1,617 distinct inputs, first straight to the
-   upstream, then through the guard, interleaved over several rounds. Reported:
-   p50/p99 latency at 1 connection and at 16, requests per second at 16, the
-   added p50 and the throughput ratio guard/direct (median over rounds).
+   CNN) and ``wm guard`` in front of it (one guard per ``--workers`` count,
+   default rate 1% with PRADA monitoring and the fsynced journal on) run as
+   separate processes on loopback; ``wrk`` (Debian package ``wrk``) sends
+   single-input Open Inference Protocol requests, rotating over 1,617 distinct
+   inputs, straight to the upstream and through each guard, interleaved within
+   every round. Reported: p50/p99 latency and requests per second at 1 and 16
+   connections, the CPU each process spent per request (from ``/proc``: robust
+   to other load on a shared machine), the added p50 and the throughput ratio
+   guard/direct (medians over rounds, with the spread), and the load average.
 2. **Accuracy cost** (``--part cost``): every digits image and four noisy copies
    (8,985 inputs) through the guard at each rate; share of answers changed and
    test accuracy, against the expected ``R * (1 - 1/C)``.
@@ -28,6 +31,7 @@ Run: ``python -m benchmarks.guard [--part all|speed|cost|extraction] [--seeds 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -107,7 +111,7 @@ def guarded(owner: Owner, model_path: Path, rate: float, output: str) -> Iterato
             upstream=f"{up.url}/v2/models/{NAME}/infer", model=MODEL, rate=rate, monitor=False,
             flush_interval=0.2)).start()
         try:
-            with running_server(svc.app) as g:
+            with svc.serve_background() as g:
                 yield f"{up.url}/v2/models/{NAME}/infer", f"{g.url}/v2/models/{NAME}/infer"
         finally:
             svc.close()
@@ -210,7 +214,7 @@ def part_extraction(model_path: Path, rates: list[float], seeds: int, epochs: in
                     with Registry.open(owner.url) as reg:
                         res = commit_guard_probes(reg, owner.key, open_vault(owner.home, owner.key, MODEL),
                                                   MODEL)
-                    n = len(res.probes.inputs)
+                    n = len(res.probes.inputs)  # every probe set of this (one-epoch) run
                     s = _verify(owner, surrogate, tmp, "surrogate", n)
                     ind = {name: _verify(owner, m, tmp, f"ind{i}", n)
                            for i, (name, m) in enumerate(independents.items())}
@@ -231,13 +235,15 @@ def part_extraction(model_path: Path, rates: list[float], seeds: int, epochs: in
 
 
 def _port() -> int:
+    # `wm serve` cannot report a port it picked yet: the one bind-and-release left here.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(600):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: process exited")
         try:
@@ -247,6 +253,17 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def _guard_url(log: Path, proc: subprocess.Popen[bytes]) -> str:
+    """The URL ``wm guard --port 0`` printed once it listens."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        m = re.search(r"at (http://127\.0\.0\.1:\d+)", log.read_text())
+        if m:
+            return m.group(1)
+        time.sleep(0.1)
+    raise RuntimeError(f"wm guard did not start: {log.read_text()[-500:]}")
 
 
 def _lua(path: Path, bodies: list[str], target: str) -> None:
@@ -262,46 +279,81 @@ def _lua(path: Path, bodies: list[str], target: str) -> None:
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes so far (all their threads, ended ones too), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _family(pid: int) -> list[int]:
+    """``pid`` and its children (the guard's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
+
+
+def _wrk(url: str, script: Path, connections: int, seconds: int,
+         cpu: dict[str, list[int]]) -> dict[str, float]:
+    before = {k: _cpu_seconds(v) for k, v in cpu.items()}
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    spent = {k: _cpu_seconds(v) - before[k] for k, v in cpu.items()}
     lat = {p: float(v) * _UNIT[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$",
                                                             out, re.M)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} error answers from {url}")
-    return {"p50": lat["50"], "p99": lat["99"], "rps": rps}
+    return {"p50": lat["50"], "p99": lat["99"], "rps": rps,
+            **{f"cpu_{k}": 1e3 * v / max(n, 1) for k, v in spent.items()}}
 
 
-def part_speed(model_path: Path, rate: float, rounds: int, seconds: int) -> list[str]:
-    """wrk against the upstream and against the guard, interleaved."""
+def part_speed(model_path: Path, rate: float, rounds: int, seconds: int,
+               workers: list[int]) -> list[str]:
+    """wrk against the upstream and against guards of each worker count, interleaved."""
     if shutil.which("wrk") is None:
         raise SystemExit("part speed needs wrk (Debian: apt-get install wrk)")
-    env = {**os.environ, "WM_PASSPHRASE": PASSPHRASE, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WM_PASSPHRASE": PASSPHRASE, "OMP_NUM_THREADS": "1", "WM_TORCH_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         make_owner(tmp / "home", model_path)
-        up_port, g_port = _port(), _port()
-        procs = [subprocess.Popen([*WM, "serve", str(model_path), "--port", str(up_port), "--name", NAME],
-                                  env=env, stderr=subprocess.DEVNULL)]
-        procs.append(subprocess.Popen(
-            [*WM, "--home", str(tmp / "home"), "guard", "--upstream",
-             f"http://127.0.0.1:{up_port}/v2/models/{NAME}/infer", "--model", MODEL, "--rate",
-             str(rate), "--port", str(g_port)], env=env, stderr=subprocess.DEVNULL))
+        up_port = _port()
+        up = subprocess.Popen([*WM, "serve", str(model_path), "--port", str(up_port), "--name", NAME],
+                              env=env, stderr=subprocess.DEVNULL)
+        procs = [up]
+        targets = {"direct": f"http://127.0.0.1:{up_port}"}
         try:
-            _wait(f"http://127.0.0.1:{up_port}/v2/health/ready", procs[0])
-            _wait(f"http://127.0.0.1:{g_port}/v2/health/ready", procs[1])
+            _wait(f"http://127.0.0.1:{up_port}/v2/health/ready", up)
+            for w in workers:  # one guard per worker count, each with its own home (journal lock)
+                home = tmp / f"home-{w}"
+                shutil.copytree(tmp / "home", home)
+                log = tmp / f"guard-{w}.log"
+                g = subprocess.Popen(
+                    [*WM, "--home", str(home), "guard", "--upstream",
+                     f"http://127.0.0.1:{up_port}/v2/models/{NAME}/infer", "--model", MODEL, "--rate",
+                     str(rate), "--port", "0", "--workers", str(w)], env=env, stderr=log.open("w"))
+                procs.append(g)
+                targets[f"guard x{w}"] = _guard_url(log, g)
+            pids = {"direct": [up.pid], **{name: _family(p.pid)
+                                           for name, p in zip(list(targets)[1:], procs[1:], strict=True)}}
             target = f"/v2/models/{NAME}/infer"
             script = tmp / "post.lua"
             _lua(script, [json.dumps(oip(r[None])) for r in queries()], target)
             results: dict[tuple[str, int], list[dict[str, float]]] = {}
+            loads = []
             for _ in range(rounds):
+                loads.append(os.getloadavg()[0])
                 for c in (1, 16):
-                    for name, port in (("direct", up_port), ("guard", g_port)):
-                        r = _wrk(f"http://127.0.0.1:{port}{target}", script, c, seconds)
+                    for name, base in targets.items():
+                        cpu = {"upstream": [up.pid]} | ({"guard": pids[name]} if name != "direct" else {})
+                        r = _wrk(base + target, script, c, seconds, cpu)
                         results.setdefault((name, c), []).append(r)
-                        print(name, c, r, flush=True)
+                        print(name, c, {k: round(v, 3) for k, v in r.items()}, flush=True)
         finally:
             for p in procs:
                 p.terminate()
@@ -310,19 +362,28 @@ def part_speed(model_path: Path, rate: float, rounds: int, seconds: int) -> list
     def med(name: str, c: int, key: str) -> float:
         return statistics.median(r[key] for r in results[(name, c)])
 
-    lines = ["| connections | path | p50 (ms) | p99 (ms) | requests/s |", "|---|---|---|---|---|"]
+    lines = ["| connections | path | p50 (ms) | p99 (ms) | requests/s | upstream CPU ms/request "
+             "| guard CPU ms/request |", "|---|---|---|---|---|---|---|"]
     for c in (1, 16):
-        for name in ("direct", "guard"):
+        for name in targets:
+            g_cpu = f"{med(name, c, 'cpu_guard'):.3f}" if name != "direct" else "-"
             lines.append(f"| {c} | {name} | {med(name, c, 'p50'):.3f} | {med(name, c, 'p99'):.3f} | "
-                         f"{med(name, c, 'rps'):.0f} |")
-    ratios = [g["rps"] / d["rps"] for g, d in zip(results[("guard", 16)], results[("direct", 16)],
-                                                   strict=True)]
-    added = [g["p50"] - d["p50"] for g, d in zip(results[("guard", 1)], results[("direct", 1)],
-                                                 strict=True)]
-    lines += ["", f"Added p50 latency at 1 connection: **{statistics.median(added):.3f} ms** "
-              f"(per round: {', '.join(f'{a:.3f}' for a in added)}).",
-              f"Throughput guard/direct at 16 connections: **{statistics.median(ratios):.3f}** "
-              f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})."]
+                         f"{med(name, c, 'rps'):.0f} | {med(name, c, 'cpu_upstream'):.3f} | {g_cpu} |")
+    lines.append("")
+    for name in list(targets)[1:]:
+        ratios = [g["rps"] / d["rps"] for g, d in zip(results[(name, 16)], results[("direct", 16)],
+                                                       strict=True)]
+        for c in (1, 16):
+            added = [g["p50"] - d["p50"] for g, d in zip(results[(name, c)], results[("direct", c)],
+                                                         strict=True)]
+            lines.append(f"- {name}: added p50 at {c} connection{'s' if c > 1 else ''}: "
+                         f"**{statistics.median(added):.3f} ms** "
+                         f"(per round: {', '.join(f'{a:.3f}' for a in added)})")
+        lines.append(f"- {name}: throughput / direct at 16 connections: **{statistics.median(ratios):.3f}** "
+                     f"(per round: {', '.join(f'{r:.3f}' for r in ratios)}; spread "
+                     f"{min(ratios):.3f} to {max(ratios):.3f})")
+    lines += ["", f"Load average (1 min) at the start of each round: "
+              f"{', '.join(f'{x:.2f}' for x in loads)} on {os.cpu_count()} cores."]
     return lines
 
 
@@ -334,6 +395,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--speed-rate", type=float, default=0.01)
+    ap.add_argument("--workers", default="1,2", help="guard worker counts to measure, comma-separated")
     ap.add_argument("--out", default="benchmarks/results/guard.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -349,7 +411,8 @@ def main() -> None:
         if args.part in ("all", "speed"):
             sections += ["## Latency and throughput on loopback (wrk, 1-input OIP requests, "
                          f"rate {args.speed_rate:g}, {args.rounds} rounds of {args.seconds} s, medians)",
-                         "", *part_speed(model_path, args.speed_rate, args.rounds, args.seconds), ""]
+                         "", *part_speed(model_path, args.speed_rate, args.rounds, args.seconds,
+                                     [int(w) for w in args.workers.split(",")]), ""]
         if args.part in ("all", "cost"):
             sections += ["## Accuracy cost to legitimate clients", "",
                          *part_cost(model_path, [0.01, 0.03, 0.1]), ""]
