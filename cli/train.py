@@ -13,7 +13,7 @@ from core.arch import ARCHITECTURES, build_model, resolve_arch
 from core.data import load_data
 from core.errors import InputError
 from core.modelio import save_model
-from core.training import accuracy, train_classifier
+from core.training import FASHION_MNIST_RECIPE, accuracy, default_recipe, train_classifier
 from watermark import WatermarkHook, WatermarkKey, WatermarkSecret, parse_scheme, write_secret
 from watermark.secret import secret_path
 
@@ -21,13 +21,17 @@ from watermark.secret import secret_path
 @wm.command("train")
 @click.option("--data", "data_spec", default="digits", show_default=True,
               help="'digits' or 'fashion-mnist' (built in) or a path to an .npz with x and y.")
-@click.option("--arch", default="cnn", show_default=True,
+@click.option("--arch", default=None,
               help=f"{', '.join(ARCHITECTURES)}, or MODULE:FUNCTION for your own "
-              "(called with input_shape and num_classes, returns an nn.Module).")
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
+              "(called with input_shape and num_classes, returns an nn.Module). "
+              "Default: the data's recipe (digits: cnn, fashion-mnist: convnet, flat features: mlp).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Default: the data's recipe (digits: 30, fashion-mnist: "
+              f"{FASHION_MNIST_RECIPE.epochs}).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seeds initialisation and shuffling (not the watermark key).")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help=f"Default: the data's recipe (fashion-mnist: {FASHION_MNIST_RECIPE.batch_size}, else 64).")
 @click.option("--watermark", "scheme_spec", default="trigger-set", show_default=True,
               help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated) or 'none'.")
 @click.option("--per-batch", default=6, show_default=True, type=click.IntRange(min=1),
@@ -37,8 +41,9 @@ from watermark.secret import secret_path
 @click.option("--register", "register_name", default=None, metavar="NAME",
               help="Also register the model and its watermark under NAME (as `wm register`).")
 @click.pass_obj
-def train_cmd(ctx: Context, data_spec: str, arch: str, epochs: int, seed: int, batch_size: int,
-              scheme_spec: str, per_batch: int, out: str, register_name: str | None) -> None:
+def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None, seed: int,
+              batch_size: int | None, scheme_spec: str, per_batch: int, out: str,
+              register_name: str | None) -> None:
     """Train a model, with a key-derived watermark mixed into its batches.
 
     Writes OUT (.pt2) and, unless --watermark none, OUT.wmkey: the secret
@@ -49,7 +54,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str, epochs: int, seed: int, b
     out_path = Path(out)
     if out_path.suffix != ".pt2":
         raise InputError(f"--out must end in .pt2, got {out_path.name}")
-    resolve_arch(arch)
+    if arch is not None:
+        resolve_arch(arch)
     owner_key = None
     if register_name is not None:
         from core.errors import RegistryError
@@ -65,6 +71,10 @@ def train_cmd(ctx: Context, data_spec: str, arch: str, epochs: int, seed: int, b
             else:
                 raise InputError(f"a model named {register_name!r} is already registered")
     splits = load_data(data_spec)
+    recipe = default_recipe(splits)
+    arch = arch or recipe.arch
+    epochs = epochs or recipe.epochs
+    batch_size = batch_size or recipe.batch_size
     hook = None
     secret = None
     if scheme_spec != "none":
@@ -79,10 +89,13 @@ def train_cmd(ctx: Context, data_spec: str, arch: str, epochs: int, seed: int, b
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
                          batch_size=batch_size, hook=hook, progress=progress)
-    save_model(model, out_path, input_shape=splits.input_shape,
-               num_classes=splits.num_classes, arch=arch)
+    save_model(model, out_path, input_shape=splits.input_shape, num_classes=splits.num_classes,
+               arch=arch, input_range=splits.input_range, data=splits.recorded_name)
     clean = accuracy(model, splits.test.x, splits.test.y)
     click.echo(f"model:             {out_path}")
+    click.echo(f"trained:           {arch}, {epochs} epochs of {batch_size} on {len(splits.train)} "
+               f"{splits.name} examples, inputs in [{splits.input_range.low:g}, "
+               f"{splits.input_range.high:g}]")
     click.echo(f"clean accuracy:    {clean:.4f} on {len(splits.test)} {splits.name} test examples")
     if secret is not None:
         wm_acc = accuracy(model, secret.probes.inputs, secret.probes.expected)

@@ -15,9 +15,15 @@ official 60,000 training images are split by a fixed seed into owner-train
 (30,000), attacker-pool (20,000) and reference (10,000: for independent
 models and calibration), disjoint; the test set is the official 10,000.
 
-An ``.npz`` file holds ``x`` (float32 ``[N, C, H, W]``) and ``y`` (int64
-``[N]``, labels ``0..C-1``); it is split by a fixed seed into train (80%) and
-test (20%) and has no attacker pool.
+An ``.npz`` file holds ``x`` (float32 ``[N, C, H, W]`` images of any size,
+or ``[N, D]`` feature vectors) and ``y`` (int64 ``[N]``, labels ``0..C-1``);
+it is split by a fixed seed into train (80%) and test (20%) and has no
+attacker pool. Its input range (:class:`~core.inputrange.InputRange`, where
+watermarks and attack queries put their values) is, in this order: the
+scalars ``low`` and ``high`` if the file has them; the range of
+``(raw - mean) / std`` over raw values in [0, 1] if it has per-channel
+``mean`` and ``std`` (normalised images); else the smallest range holding
+every value of ``x``. Built-in sets lie in [0, 1].
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import DataError
+from core.errors import DataError, InputError
 from core.idx import find_idx, read_idx
+from core.inputrange import UNIT, InputRange
 
 __all__ = [
     "BUILTIN",
@@ -73,7 +80,7 @@ FASHION_MNIST_FILES: dict[str, tuple[int, str]] = {
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Inputs ``x`` (float32 ``[N, C, H, W]``) and labels ``y`` (int64 ``[N]``)."""
+    """Inputs ``x`` (float32 ``[N, C, H, W]`` or ``[N, D]``) and labels ``y`` (int64 ``[N]``)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -100,6 +107,9 @@ class Splits:
         num_classes: the number of classes.
         reference: data for independently trained reference models, disjoint
             from the owner's and the attacker's; ``None`` where the task has none.
+        input_range: where every input value lies.
+        spec: what :func:`load_data` takes to load this task again (a
+            built-in name, or the ``.npz`` file's absolute path).
     """
 
     name: str
@@ -108,11 +118,18 @@ class Splits:
     attacker_pool: Dataset | None
     num_classes: int
     reference: Dataset | None = None
+    input_range: InputRange = UNIT
+    spec: str = ""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input, without the batch dimension."""
         return self.train.input_shape
+
+    @property
+    def recorded_name(self) -> str:
+        """What a model file records of this data: a built-in name, or the file's name (no directory)."""
+        return self.spec if self.spec in BUILTIN else Path(self.spec).name
 
 
 def validate_arrays(x: object, y: object, *, source: str, num_classes: int | None = None) -> int:
@@ -125,10 +142,10 @@ def validate_arrays(x: object, y: object, *, source: str, num_classes: int | Non
         raise DataError(f"{source}: x and y must be arrays")
     if x.dtype != np.float32:
         raise DataError(f"{source}: x must be float32, got {x.dtype}")
-    if x.ndim != 4:
+    if x.ndim not in (2, 4):
         raise DataError(
-            f"{source}: x must have shape [N, C, H, W], got {list(x.shape)}",
-            hint="add a channel axis, e.g. x[:, None]",
+            f"{source}: x must have shape [N, C, H, W] or [N, D], got {list(x.shape)}",
+            hint="add a channel axis to images, e.g. x[:, None]",
         )
     if y.dtype != np.int64:
         raise DataError(f"{source}: y must be int64, got {y.dtype}")
@@ -167,7 +184,7 @@ def load_digits() -> Splits:
     b = a + DIGITS_SIZES["attacker_pool"]
     parts = {"owner_train": perm[:a], "attacker_pool": perm[a:b], "test": perm[b:]}
     ds = {k: _dataset(x[idx], y[idx], 10) for k, idx in parts.items()}
-    return Splits("digits", ds["owner_train"], ds["test"], ds["attacker_pool"], 10)
+    return Splits("digits", ds["owner_train"], ds["test"], ds["attacker_pool"], 10, spec="digits")
 
 
 def _fashion_mnist_dirs() -> list[Path]:
@@ -239,11 +256,43 @@ def load_fashion_mnist() -> Splits:
     b = a + FASHION_MNIST_SIZES["attacker_pool"]
     c = b + FASHION_MNIST_SIZES["reference"]
     return Splits("fashion-mnist", part("train", perm[:a]), part("t10k", slice(None)),
-                  part("train", perm[a:b]), 10, reference=part("train", perm[b:c]))
+                  part("train", perm[a:b]), 10, reference=part("train", perm[b:c]), spec="fashion-mnist")
+
+
+_RANGE_KEYS = ("low", "high", "mean", "std")
+
+
+def _npz_range(x: np.ndarray, extra: dict[str, np.ndarray], source: str) -> InputRange:
+    """The input range an ``.npz`` declares (``low``/``high`` or ``mean``/``std``) or shows."""
+    try:
+        if "low" in extra or "high" in extra:
+            if not ("low" in extra and "high" in extra) or extra["low"].size != 1 or extra["high"].size != 1:
+                raise DataError(f"{source}: low and high must both be given, one number each")
+            declared = InputRange(float(extra["low"].reshape(())), float(extra["high"].reshape(())))
+        elif "mean" in extra or "std" in extra:
+            if not ("mean" in extra and "std" in extra):
+                raise DataError(f"{source}: mean and std must both be given")
+            channels = x.shape[1]
+            mean, std = extra["mean"].reshape(-1), extra["std"].reshape(-1)
+            if mean.size != std.size or mean.size not in (1, channels):
+                raise DataError(f"{source}: mean and std need 1 or {channels} values each")
+            declared = InputRange.from_mean_std([float(v) for v in mean], [float(v) for v in std])
+        else:
+            return InputRange.of_values(x)
+    except InputError as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{source}: {exc}") from exc
+    # float32 rounding of (raw - mean) / std may overshoot the exact bound by an ulp or so
+    slack = 1e-5 * max(1.0, abs(declared.low), abs(declared.high))
+    if float(x.min()) < declared.low - slack or float(x.max()) > declared.high + slack:
+        raise DataError(f"{source}: x has values in [{float(x.min()):g}, {float(x.max()):g}], outside "
+                        f"its declared input range [{declared.low:g}, {declared.high:g}]")
+    return declared
 
 
 def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
-    """A validated ``.npz`` task (``x``, ``y``), split 80/20 into train/test by ``seed``."""
+    """A validated ``.npz`` task (``x``, ``y``; see the module docstring), split 80/20 by ``seed``."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file {p} does not exist")
@@ -253,16 +302,19 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
             if missing:
                 raise DataError(f"{p}: missing array(s) {', '.join(missing)}; needs x and y")
             x, y = z["x"], z["y"]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            extra = {k: np.asarray(z[k], dtype=np.float64) for k in _RANGE_KEYS if k in z.files}
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{p} is not a readable .npz file ({exc.__class__.__name__})") from exc
     classes = validate_arrays(x, y, source=str(p))
+    input_range = _npz_range(x, extra, str(p))
     perm = np.random.default_rng(seed).permutation(len(y))
     cut = max(1, round(0.8 * len(y)))
     if cut >= len(y):
         cut = len(y) - 1
     train, test = perm[:cut], perm[cut:]
     return Splits(p.stem, _dataset(x[train], y[train], classes),
-                  _dataset(x[test], y[test], classes), None, classes)
+                  _dataset(x[test], y[test], classes), None, classes, input_range=input_range,
+                  spec=str(p.resolve()))
 
 
 def load_data(spec: str) -> Splits:

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import _register_commands, wm
+from core.inputrange import InputRange
 from core.modelio import load_model
 from core.training import accuracy
 from watermark import read_secret
@@ -51,6 +52,9 @@ def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:
                           "--epochs", "2", "--watermark", "none", "--out", str(out), home=tmp_path)
     assert code == 0 and "watermark:         none" in stdout
     assert not secret_path(out).exists() and load_model(out).input_shape == (1, 6, 6)
+    # the model file records the data's range (observed, as the file declares none) and its name only
+    loaded = load_model(out)
+    assert loaded.input_range == InputRange(float(x.min()), float(x.max())) and loaded.data == "d.npz"
 
 
 @pytest.mark.parametrize(

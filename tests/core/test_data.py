@@ -15,6 +15,7 @@ from core import data as data_module
 from core.data import Splits, fashion_mnist_dir, load_data, load_digits, load_fashion_mnist, load_npz
 from core.errors import DataError
 from core.idx import find_idx, parse_idx, read_idx
+from core.inputrange import UNIT, InputRange
 
 
 def test_digits_split() -> None:
@@ -46,6 +47,40 @@ def test_good_npz(tmp_path: Path) -> None:
     assert s.num_classes == 3 and len(s.train) == 16 and len(s.test) == 4
     assert s.attacker_pool is None and s.input_shape == (1, 4, 4)
     assert load_data(str(tmp_path / "d.npz")).num_classes == 3
+    assert s.spec == str((tmp_path / "d.npz").resolve()) and load_data(s.spec).name == "d"
+    # no declared range: the smallest one holding every value
+    assert s.input_range == InputRange(float(GOOD_X.min()), float(GOOD_X.max()))
+
+
+def test_flat_features_and_declared_ranges(tmp_path: Path) -> None:
+    flat = (GOOD_X.reshape(20, -1) * 4 - 2).astype(np.float32)  # values in [-2, 2)
+    s = load_npz(_save(tmp_path, x=flat, y=GOOD_Y, low=np.float32(-3), high=np.float32(3)))
+    assert s.input_shape == (16,) and s.input_range == InputRange(-3.0, 3.0)
+    assert load_digits().input_range == UNIT
+    # normalised images: the range follows from per-channel mean and std over raw [0, 1]
+    mean, std = np.array([0.5, 0.25], np.float32), np.array([0.5, 0.25], np.float32)
+    raw = np.random.default_rng(1).random((20, 2, 3, 3), dtype=np.float32)
+    x = ((raw - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+    s = load_npz(_save(tmp_path, x=x, y=GOOD_Y, mean=mean, std=std))
+    assert s.input_range == InputRange(-1.0, 3.0)  # channel 0: [-1, 1], channel 1: [-1, 3]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"low": np.float32(0)}, "low and high must both be given"),
+        ({"low": np.zeros(2), "high": np.ones(2)}, "one number each"),
+        ({"low": np.float32(0.5), "high": np.float32(1)}, r"outside its declared input range \[0.5, 1\]"),
+        ({"low": np.float32(1), "high": np.float32(0)}, "needs low < high"),
+        ({"mean": np.zeros(1)}, "mean and std must both be given"),
+        ({"mean": np.zeros(3), "std": np.ones(3)}, "need 1 or 1 values each"),
+        ({"mean": np.zeros(1), "std": np.zeros(1)}, "every std must be positive"),
+        ({"mean": np.full(1, 0.9), "std": np.ones(1)}, "outside its declared input range"),
+    ],
+)
+def test_bad_declared_ranges(tmp_path: Path, extra: dict[str, np.ndarray], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        load_npz(_save(tmp_path, x=GOOD_X, y=GOOD_Y, **extra))
 
 
 @pytest.mark.parametrize(
@@ -53,7 +88,7 @@ def test_good_npz(tmp_path: Path) -> None:
     [
         ({"x": GOOD_X}, "missing array"),
         ({"x": GOOD_X.astype(np.float64), "y": GOOD_Y}, "x must be float32, got float64"),
-        ({"x": GOOD_X[:, 0], "y": GOOD_Y}, r"x must have shape \[N, C, H, W\], got \[20, 4, 4\]"),
+        ({"x": GOOD_X[:, 0], "y": GOOD_Y}, r"x must have shape \[N, C, H, W\] or \[N, D\], got \[20, 4, 4\]"),
         ({"x": GOOD_X, "y": GOOD_Y.astype(np.float32)}, "y must be int64, got float32"),
         ({"x": GOOD_X, "y": GOOD_Y[:, None]}, r"y must have shape \[N\]"),
         ({"x": GOOD_X, "y": GOOD_Y[:5]}, "x has 20 rows but y has 5"),

@@ -1,7 +1,8 @@
-""".pt2 model files: round trip with another batch size, digests, bad files."""
+""".pt2 model files: round trip with another batch size, recorded range and data, digests, bad files."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from core.arch import ARCHITECTURES, build_model, family_of
 from core.errors import InputError, ModelFileError
+from core.inputrange import UNIT, InputRange
 from core.modelio import (
     check_input_shape,
     file_digest,
@@ -73,3 +75,60 @@ def test_unknown_architecture() -> None:
     with pytest.raises(InputError, match="unknown architecture 'nope'"):
         build_model("nope", (1, 8, 8), 10)
     assert family_of("cnn-wide") == "cnn" and family_of("mlp") == "mlp"
+
+
+def _export(net: torch.nn.Module, path: Path, shape: tuple[int, ...], meta: str | None) -> Path:
+    ep = torch.export.export(net.eval(), (torch.zeros(2, *shape),),
+                             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+    torch.export.save(ep, str(path), extra_files={"wm.json": meta} if meta is not None else None)
+    return path
+
+
+def test_input_range_and_data_are_recorded(tmp_path: Path) -> None:
+    rng = InputRange(-2.1, 2.6)
+    net = build_model("mlp", (20,), 3)
+    p = save_model(net, tmp_path / "flat.pt2", input_shape=(20,), num_classes=3, arch="mlp",
+                   input_range=rng, data="features.npz")
+    loaded = load_model(p)
+    assert (loaded.input_shape, loaded.input_range, loaded.data) == ((20,), rng, "features.npz")
+    default = save_model(net, tmp_path / "d.pt2", input_shape=(20,), num_classes=3)
+    assert load_model(default).input_range == UNIT
+    # written by wm before ranges were recorded: every such model took [0, 1]
+    old = json.dumps({"arch": "mlp", "input_shape": [20], "num_classes": 3, "format": "wm.model/v1"})
+    assert load_model(_export(net, tmp_path / "old.pt2", (20,), old)).input_range == UNIT
+    # made without wm: nothing is known, and nothing is assumed
+    foreign = load_model(_export(net, tmp_path / "foreign.pt2", (20,), None))
+    assert (foreign.input_shape, foreign.num_classes) == ((20,), 3)
+    assert foreign.input_range is None and foreign.arch is None
+    bad = json.dumps({"arch": "mlp", "input_shape": [20], "num_classes": 3, "format": "wm.model/v1",
+                      "input_range": {"low": 1.0, "high": -1.0}})
+    with pytest.raises(ModelFileError, match="recorded input range is malformed"):
+        load_model(_export(net, tmp_path / "bad.pt2", (20,), bad))
+    with pytest.raises(InputError, match="input_range must be"):
+        save_model(net, tmp_path / "x.pt2", input_shape=(20,), num_classes=3, input_range=(0, 1))  # type: ignore[arg-type]
+
+
+def test_to_trainable_never_imports_code_named_by_the_file(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "user_arch_modelio.py").write_text(
+        "from torch import nn\n"
+        "def net(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], num_classes))\n"
+        "def other(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], 2 * num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    spec = "user_arch_modelio:net"
+    net = build_model(spec, (6,), 2)
+    loaded = load_model(save_model(net, tmp_path / "m.pt2", input_shape=(6,), num_classes=2, arch=spec))
+    assert loaded.arch == spec
+    with pytest.raises(ModelFileError, match="trained with architecture 'user_arch_modelio:net', which "
+                       "is not a known name") as err:
+        to_trainable(loaded)
+    assert err.value.hint == "name it to import its code (--arch user_arch_modelio:net)"
+    x = torch.rand(4, 6)
+    assert torch.allclose(to_trainable(loaded, spec)(x), net(x))
+    with pytest.raises(ModelFileError, match="weights do not fit architecture 'user_arch_modelio:other'"):
+        to_trainable(loaded, "user_arch_modelio:other")
+    foreign = load_model(_export(net, tmp_path / "f.pt2", (6,), None))
+    with pytest.raises(ModelFileError, match="records no architecture"):
+        to_trainable(foreign)

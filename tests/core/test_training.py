@@ -1,13 +1,14 @@
-"""The shared training loop really trains, on hard and soft targets."""
+"""The shared training loop really trains, on hard and soft targets, whole or epoch by epoch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from core.arch import build_model
 from core.data import load_digits
 from core.errors import InputError
-from core.training import accuracy, predict, train_new
+from core.training import accuracy, predict, train_classifier, train_new, training_epochs
 
 DIGITS = load_digits()
 
@@ -33,3 +34,23 @@ def test_bad_arguments() -> None:
         train_new("mlp", DIGITS.train.x, DIGITS.train.y, num_classes=10, epochs=0, seed=0)
     with pytest.raises(InputError, match="accuracy of an empty set"):
         accuracy(lambda x: x, torch.zeros(0, 1), torch.zeros(0))
+
+
+def test_training_epochs_is_train_classifier_one_epoch_at_a_time() -> None:
+    x, y = DIGITS.train.x[:200], DIGITS.train.y[:200]
+    torch.manual_seed(0)
+    stepped = build_model("cnn", (1, 8, 8), 10)
+    steps = training_epochs(stepped, x, y, epochs=3, seed=4)
+    losses = []
+    for loss in steps:
+        assert not stepped.training  # in eval mode between epochs
+        losses.append(loss)
+    seen: list[float] = []
+    torch.manual_seed(0)
+    whole = train_classifier(build_model("cnn", (1, 8, 8), 10), x, y, epochs=3, seed=4,
+                             progress=lambda e, n, loss: seen.append(loss))
+    assert len(losses) == 3 and losses == seen and losses[-1] < losses[0]
+    assert all(torch.equal(p, q) for p, q in zip(stepped.parameters(), whole.parameters(), strict=True))
+    with pytest.raises(InputError, match="batch size must be at least 1"):
+        training_epochs(stepped, x, y, epochs=1, seed=0, batch_size=0)  # checked at once, not lazily
+
