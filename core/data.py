@@ -23,7 +23,8 @@ watermarks and attack queries put their values) is, in this order: the
 scalars ``low`` and ``high`` if the file has them; the range of
 ``(raw - mean) / std`` over raw values in [0, 1] if it has per-channel
 ``mean`` and ``std`` (normalised images); else the smallest range holding
-every value of ``x``. Built-in sets lie in [0, 1].
+every value of ``x`` (width 1 around the value if all are equal). Built-in
+sets lie in [0, 1].
 """
 
 from __future__ import annotations
@@ -278,7 +279,9 @@ def _npz_range(x: np.ndarray, extra: dict[str, np.ndarray], source: str) -> Inpu
                 raise DataError(f"{source}: mean and std need 1 or {channels} values each")
             declared = InputRange.from_mean_std([float(v) for v in mean], [float(v) for v in std])
         else:
-            return InputRange.of_values(x)
+            low, high = float(x.min()), float(x.max())
+            # a constant data set shows no range; take one of width 1 around its value
+            return InputRange(low, high) if low < high else InputRange(low - 0.5, high + 0.5)
     except InputError as exc:
         if isinstance(exc, DataError):
             raise

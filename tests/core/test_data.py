@@ -50,6 +50,8 @@ def test_good_npz(tmp_path: Path) -> None:
     assert s.spec == str((tmp_path / "d.npz").resolve()) and load_data(s.spec).name == "d"
     # no declared range: the smallest one holding every value
     assert s.input_range == InputRange(float(GOOD_X.min()), float(GOOD_X.max()))
+    constant = load_npz(_save(tmp_path, x=np.full_like(GOOD_X, 2.0), y=GOOD_Y))
+    assert constant.input_range == InputRange(1.5, 2.5)
 
 
 def test_flat_features_and_declared_ranges(tmp_path: Path) -> None:
