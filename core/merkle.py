@@ -7,7 +7,11 @@ the largest power of two smaller than ``n``.
 
 Proof generation follows RFC 9162 sections 2.1.3.1 (``PATH``) and 2.1.4.1
 (``PROOF``/``SUBPROOF``); verification follows sections 2.1.3.2 and 2.1.4.2
-step by step. Verification raises :class:`~core.errors.IntegrityError` and
+step by step; proofs are first planned as leaf ranges
+(:func:`inclusion_ranges`, :func:`consistency_ranges`), so a store that keeps
+interior nodes (:class:`CompactRange` reports each one it completes) answers
+them by reading the O(log n) perfect subtrees that tile those ranges
+(:func:`perfect_subtrees`). Verification raises :class:`~core.errors.IntegrityError` and
 returns nothing, so a failure cannot be silently ignored. The registry log,
 probe commitments and the evidence check all use this module.
 """
@@ -22,10 +26,16 @@ from core.errors import IntegrityError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "CompactRange",
+    "NodeId",
     "consistency_proof",
+    "consistency_ranges",
+    "fold_subtrees",
     "inclusion_proof",
+    "inclusion_ranges",
     "leaf_hash",
     "node_hash",
+    "perfect_subtrees",
     "root_from_hashes",
     "root_hash",
     "verify_consistency",
@@ -71,45 +81,135 @@ def root_hash(leaves: Sequence[bytes]) -> bytes:
     return root_from_hashes([leaf_hash(d) for d in leaves])
 
 
-def _mth(hashes: Sequence[bytes], lo: int, hi: int) -> bytes:
-    return root_from_hashes(hashes[lo:hi])
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges ``[lo, hi)`` whose subtree hashes form ``PATH(index, D[size])``, leaf first.
+
+    RFC 9162 section 2.1.3.1: walking down from the root, the sibling of the
+    side that holds ``index`` at each split.
+    """
+    if not 0 <= index < size:
+        raise ValueError(f"leaf index {index} outside a tree of size {size}")
+    ranges: list[tuple[int, int]] = []
+    lo, hi = 0, size
+    while hi - lo > 1:
+        k = _split(hi - lo)
+        if index < lo + k:
+            ranges.append((lo + k, hi))
+            hi = lo + k
+        else:
+            ranges.append((lo, lo + k))
+            lo = lo + k
+    return ranges[::-1]
+
+
+def consistency_ranges(size1: int, size2: int) -> list[tuple[int, int]]:
+    """The leaf ranges ``[lo, hi)`` whose subtree hashes form ``PROOF(size1, D[size2])``.
+
+    RFC 9162 section 2.1.4.1 (``SUBPROOF``), in proof order.
+    """
+    if not 0 < size1 <= size2:
+        raise ValueError(f"no consistency proof from size {size1} to size {size2}")
+
+    def subproof(m: int, lo: int, hi: int, complete: bool) -> list[tuple[int, int]]:
+        if m == hi - lo:
+            return [] if complete else [(lo, hi)]
+        k = _split(hi - lo)
+        if m <= k:
+            return [*subproof(m, lo, lo + k, complete), (lo + k, hi)]
+        return [*subproof(m - k, lo + k, hi, False), (lo, lo + k)]
+
+    return subproof(size1, 0, size2, True)
 
 
 def inclusion_proof(hashes: Sequence[bytes], index: int) -> list[bytes]:
     """``PATH(index, D[n])`` over the given leaf hashes (RFC 9162 2.1.3.1)."""
-    n = len(hashes)
-    if not 0 <= index < n:
-        raise ValueError(f"leaf index {index} outside a tree of size {n}")
-    proof: list[bytes] = []
-    lo, hi = 0, n
-    # Walk down from the root, collecting siblings, then reverse (leaf first).
-    while hi - lo > 1:
-        k = _split(hi - lo)
-        if index < lo + k:
-            proof.append(_mth(hashes, lo + k, hi))
-            hi = lo + k
-        else:
-            proof.append(_mth(hashes, lo, lo + k))
-            lo = lo + k
-    return proof[::-1]
+    return [root_from_hashes(hashes[lo:hi]) for lo, hi in inclusion_ranges(index, len(hashes))]
 
 
 def consistency_proof(hashes: Sequence[bytes], size1: int) -> list[bytes]:
     """``PROOF(size1, D[n])`` over the given leaf hashes (RFC 9162 2.1.4.1)."""
-    n = len(hashes)
-    if not 0 < size1 <= n:
-        raise ValueError(f"no consistency proof from size {size1} to size {n}")
+    return [root_from_hashes(hashes[lo:hi]) for lo, hi in consistency_ranges(size1, len(hashes))]
 
-    def subproof(m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
-        size = hi - lo
-        if m == size:
-            return [] if complete else [_mth(hashes, lo, hi)]
-        k = _split(size)
-        if m <= k:
-            return [*subproof(m, lo, lo + k, complete), _mth(hashes, lo + k, hi)]
-        return [*subproof(m - k, lo + k, hi, False), _mth(hashes, lo, lo + k)]
 
-    return subproof(size1, 0, n, True)
+NodeId = tuple[int, int]
+"""A perfect subtree ``(level, end)``: the ``2**level`` leaves ending just before leaf ``end``."""
+
+
+def perfect_subtrees(lo: int, hi: int) -> list[NodeId]:
+    """The perfect subtrees that tile the leaves ``[lo, hi)``, left to right, largest first.
+
+    For the ranges a proof names (an RFC 6962 subtree, or a prefix ``[0, n)``)
+    their sizes strictly decrease, so :func:`fold_subtrees` gives the range's
+    Merkle tree hash.
+    """
+    out: list[NodeId] = []
+    while lo < hi:
+        size = lo & -lo if lo else 1 << ((hi - lo).bit_length() - 1)
+        while size > hi - lo:
+            size >>= 1
+        lo += size
+        out.append((size.bit_length() - 1, lo))
+    return out
+
+
+def fold_subtrees(hashes: Sequence[bytes]) -> bytes:
+    """The Merkle tree hash of adjacent perfect subtrees of strictly decreasing size.
+
+    ``hashes`` are the subtrees' roots left to right (as :func:`perfect_subtrees`
+    lists them); an empty list is the empty tree.
+    """
+    if not hashes:
+        return EMPTY_ROOT
+    root = hashes[-1]
+    for node in reversed(hashes[:-1]):
+        root = node_hash(node, root)
+    return root
+
+
+class CompactRange:
+    """The right edge of a growing tree: the roots of the perfect subtrees over ``[0, size)``.
+
+    After transparency-dev's ``compact.Range``: one root per set bit of
+    ``size``, largest first. Appending a leaf merges equal-sized subtrees and
+    reports each interior node it completes, so a store can keep them and serve
+    proofs by reading O(log n) nodes instead of recomputing from every leaf.
+    """
+
+    __slots__ = ("hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if size < 0 or len(hashes) != size.bit_count():
+            raise ValueError(f"a compact range of {size} leaves has {size.bit_count()} roots")
+        self.size = size
+        self.hashes = list(hashes)
+
+    def append(self, leaf: bytes) -> list[tuple[NodeId, bytes]]:
+        """Add a leaf hash; the interior nodes it completes, lowest first, as ``((level, end), hash)``."""
+        node, n, level = leaf, self.size, 0
+        made: list[tuple[NodeId, bytes]] = []
+        self.size += 1
+        while n & 1:
+            node = node_hash(self.hashes.pop(), node)
+            n >>= 1
+            level += 1
+            made.append(((level, self.size), node))
+        self.hashes.append(node)
+        return made
+
+    def root(self) -> bytes:
+        """The RFC 6962 root of the ``size`` leaves."""
+        return fold_subtrees(self.hashes)
+
+    def to_bytes(self) -> bytes:
+        """The roots concatenated (``32 * popcount(size)`` bytes)."""
+        return b"".join(self.hashes)
+
+    @classmethod
+    def from_bytes(cls, size: int, blob: bytes) -> CompactRange:
+        """Inverse of :meth:`to_bytes` for a range of ``size`` leaves; ``ValueError`` if it does not fit."""
+        if len(blob) != HASH_SIZE * size.bit_count():
+            raise ValueError(f"a compact range of {size} leaves takes {HASH_SIZE * size.bit_count()} bytes")
+        return cls(size, [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)])
 
 
 def _check_len(name: str, value: bytes) -> None:

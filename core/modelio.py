@@ -36,6 +36,7 @@ from torch.export import Dim
 
 from core.arch import ARCHITECTURES, build_model
 from core.errors import InputError, ModelFileError
+from core.files import file_sha256 as file_digest
 from core.inputrange import UNIT, InputRange
 
 __all__ = [
@@ -235,15 +236,6 @@ def to_trainable(model: LoadedModel, arch: str | None = None) -> nn.Module:
     except RuntimeError as exc:
         raise ModelFileError(f"{model.path}: its weights do not fit architecture {name!r}") from exc
     return net
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of the file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:

@@ -170,3 +170,42 @@ def test_consistency_any_bit_flip_fails(case: tuple[int, int, int]) -> None:
     blobs[which] = bytes(flipped)
     with pytest.raises(IntegrityError):
         merkle.verify_consistency(m, n, blobs[1:-1], blobs[0], blobs[-1])
+
+
+def _leaves(n: int) -> list[bytes]:
+    return [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=0, max_value=300))
+def test_compact_range_grows_like_the_tree_and_reports_every_interior_node(n: int) -> None:
+    hashes = _leaves(n)
+    cr = merkle.CompactRange()
+    nodes: dict[merkle.NodeId, bytes] = {(0, i + 1): h for i, h in enumerate(hashes)}
+    for i, h in enumerate(hashes):
+        for (level, end), node in cr.append(h):
+            assert end == i + 1 and node == merkle.root_from_hashes(hashes[end - (1 << level) : end])
+            nodes[(level, end)] = node
+        assert cr.root() == merkle.root_from_hashes(hashes[: i + 1])
+    again = merkle.CompactRange.from_bytes(n, cr.to_bytes())
+    assert (again.size, again.root()) == (n, cr.root())
+    # Proofs answered from stored perfect subtrees equal those computed from every leaf.
+    for index in range(0, n, max(1, n // 7)):
+        ranges = merkle.inclusion_ranges(index, n)
+        from_nodes = [merkle.fold_subtrees([nodes[x] for x in merkle.perfect_subtrees(lo, hi)])
+                      for lo, hi in ranges]
+        assert from_nodes == merkle.inclusion_proof(hashes, index)
+        size1 = index + 1
+        ranges = merkle.consistency_ranges(size1, n)
+        from_nodes = [merkle.fold_subtrees([nodes[x] for x in merkle.perfect_subtrees(lo, hi)])
+                      for lo, hi in ranges]
+        assert from_nodes == merkle.consistency_proof(hashes, size1)
+        prefix = [nodes[x] for x in merkle.perfect_subtrees(0, size1)]
+        assert merkle.fold_subtrees(prefix) == merkle.root_from_hashes(hashes[:size1])
+
+
+def test_compact_range_refuses_a_wrong_shape() -> None:
+    with pytest.raises(ValueError, match="a compact range of 3 leaves has 2 roots"):
+        merkle.CompactRange(3, [b"\x00" * 32])
+    with pytest.raises(ValueError, match="takes 64 bytes"):
+        merkle.CompactRange.from_bytes(3, b"\x00" * 32)
