@@ -81,6 +81,7 @@ def _register_commands() -> None:
         registry_cmds,
         train,
         verify_cmds,
+        witness_cmds,
     )
 
 

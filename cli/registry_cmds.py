@@ -1,8 +1,10 @@
 """``wm keygen``, ``wm register`` and ``wm audit ...``: the registry's commands.
 
 Exit status: 0 on success; ``wm audit verify`` and ``wm audit check-proof`` exit 1
-when the log or the proof does not verify (naming the first broken entry); every
-other failure is one line on stderr and exit 2 (see :mod:`cli.main`).
+when the log or the proof does not verify (naming the first broken entry, or
+the truncation or fork ``--since`` shows); every other failure is one line on
+stderr and exit 2 (see :mod:`cli.main`), including ``check-proof`` without a
+pinned owner key.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import click
 
 from cli.main import Context, wm
 from core.canonical import canonical_json, parse_json
-from core.errors import IntegrityError
-from registry.keys import KEY_FILE, generate_owner_key, load_owner_key
+from core.errors import InputError, IntegrityError
+from core.files import write_atomic
+from registry.keys import KEY_FILE, PUBLIC_FILE, generate_owner_key, load_owner_key, public_key_from_pem
 from registry.log import Registry
-from registry.proofs import check_proof_bundle
+from registry.note import verifier_key
+from registry.proofs import UNSAFE_TRUST_EMBEDDED_KEY, OwnerPin, check_proof_bundle
 from registry.records import (
     MODEL_TYPE,
     OWNER_TYPE,
@@ -51,7 +55,9 @@ def keygen(obj: Context, name: str | None) -> None:
     """Create the owner's Ed25519 signing key in $WM_HOME (passphrase: $WM_PASSPHRASE or prompt)."""
     key = generate_owner_key(obj.home, name or _default_owner_name())
     click.echo(f"owner key for {key.name} written to {obj.home / KEY_FILE}")
+    click.echo(f"public key (publish it) written to {obj.home / PUBLIC_FILE}")
     click.echo(f"key id {key.key_id}")
+    click.echo(f"note key {verifier_key(key.name, key.public_key)}")
 
 
 @wm.command()
@@ -130,32 +136,59 @@ def audit_log(obj: Context, as_json: bool) -> None:
     "--tsa-ca",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
-    help="PEM certificate(s) to trust for RFC 3161 time-stamps.",
+    help="PEM certificate(s) of the RFC 3161 authorities to trust; tokens are checked against them.",
+)
+@click.option(
+    "--since",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A checkpoint saved earlier (`wm audit checkpoint --out`): the log must still extend it.",
 )
 @click.pass_obj
-def audit_verify(obj: Context, tsa_ca: Path | None) -> None:
-    """Recompute every leaf, root, signature and checkpoint (exit 1 naming the first fault)."""
+def audit_verify(obj: Context, tsa_ca: Path | None, since: Path | None) -> None:
+    """Recompute every leaf, node, root, signature and checkpoint (exit 1 naming the first fault)."""
+    saved = _read_text(since, "checkpoint") if since is not None else None
     with Registry.open(obj.registry_url, create=False) as reg:
         try:
-            report = reg.verify_log(tsa_ca_pem=tsa_ca.read_bytes() if tsa_ca else None)
+            report = reg.verify_log(tsa_ca_pem=tsa_ca.read_bytes() if tsa_ca else None, since=saved)
         except IntegrityError as exc:
             click.echo(f"wm: audit verify: FAILED: {exc}", err=True)
             sys.exit(1)
+    stamps = f"{report.timestamps} time-stamped"
+    if report.unchecked_timestamps:
+        stamps += f", {report.unchecked_timestamps} time-stamps not checked: pass --tsa-ca"
     click.echo(
         f"ok: {report.size} entries, root {report.root.hex()}, {report.checkpoints} checkpoints "
-        f"({report.timestamps} time-stamped)"
+        f"({stamps}), {report.probesets} probe sets"
     )
+    if report.since is not None:
+        click.echo(f"ok: the log extends the checkpoint saved earlier ({report.since} entries)")
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the {what} file {path}") from exc
 
 
 @audit.command("checkpoint")
 @click.option("--tsa", "tsa_url", default=None, help="RFC 3161 time-stamping authority URL.")
+@click.option("--witness", "witnesses", multiple=True,
+              help="C2SP tlog-witness URL (repeatable); its cosignature is added to the note.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save the note here (and its RFC 3161 token as OUT.tsr) for `audit verify --since`.")
 @click.pass_obj
-def audit_checkpoint(obj: Context, tsa_url: str | None) -> None:
-    """Sign the log's current size and root (C2SP signed note) and print it."""
+def audit_checkpoint(obj: Context, tsa_url: str | None, witnesses: tuple[str, ...], out: Path | None) -> None:
+    """Sign the log's current size and root (C2SP signed note), have it witnessed, and print it."""
     key = load_owner_key(obj.home)
     with Registry.open(obj.registry_url, create=False) as reg:
-        note = reg.checkpoint(key, tsa_url=tsa_url)
-    click.echo(note, nl=False)
+        cp = reg.checkpoint(key, tsa_url=tsa_url, witnesses=witnesses)
+    if out is not None:
+        write_atomic(out, cp.note.encode("utf-8"))
+        if cp.tsa_token is not None:
+            write_atomic(out.with_name(out.name + ".tsr"), cp.tsa_token)
+    click.echo(cp.note, nl=False)
 
 
 @audit.command("proof")
@@ -168,25 +201,43 @@ def audit_proof(obj: Context, entry: int) -> None:
     click.echo(json.dumps(bundle, indent=2, sort_keys=True))
 
 
+def _owner_pin(owner_key: str | None, trust_embedded: bool) -> OwnerPin:
+    if owner_key is not None and trust_embedded:
+        raise InputError("pass either --owner-key or --trust-embedded-key, not both")
+    if trust_embedded:
+        return UNSAFE_TRUST_EMBEDDED_KEY
+    if owner_key is None:
+        raise InputError(
+            "no owner key pinned: pass --owner-key with the owner's published owner.pub (or its key id)"
+        )
+    if re.fullmatch(r"[0-9a-fA-F]{64}", owner_key):
+        return owner_key.lower()
+    return public_key_from_pem(_read_text(Path(owner_key), "owner key"))
+
+
 @audit.command("check-proof")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option(
-    "--key-id",
-    "key_ids",
-    multiple=True,
-    help="Trusted signer key id (repeatable); default: trust the keys in the file.",
-)
-def audit_check_proof(file: Path, key_ids: tuple[str, ...]) -> None:
-    """Check an inclusion proof from `wm audit proof`, offline (exit 1 if it fails)."""
+@click.option("--owner-key", default=None, metavar="FILE|KEYID",
+              help="The owner's public key (owner.pub, PEM) or its key id: the signer to trust.")
+@click.option("--trust-embedded-key", is_flag=True,
+              help="Demos only: trust the key inside the proof (proves nothing about who signed).")
+def audit_check_proof(file: Path, owner_key: str | None, trust_embedded_key: bool) -> None:
+    """Check an inclusion proof from `wm audit proof`, offline, against a pinned key (exit 1 if it fails)."""
+    pin = _owner_pin(owner_key, trust_embedded_key)
     bundle = parse_json(file.read_bytes(), what=str(file))
     if not isinstance(bundle, dict):
         raise click.BadParameter("not a JSON object", param_hint="FILE")
+    if trust_embedded_key:
+        click.echo("wm: warning: --trust-embedded-key: the signer is whoever made the file", err=True)
     try:
-        result = check_proof_bundle(bundle, trusted_key_ids=set(key_ids) if key_ids else None)
+        result = check_proof_bundle(bundle, owner_key=pin)
     except IntegrityError as exc:
         click.echo(f"wm: audit check-proof: FAILED: {exc}", err=True)
         sys.exit(1)
+    trust = "pinned owner key" if result.pinned else "UNTRUSTED: key taken from the file"
     click.echo(
         f"ok: entry {result.index} is in {result.origin} at size {result.tree_size} "
-        f"(entry key {result.entry_key_id[:16]}, checkpoint key {result.checkpoint_key_id[:16]})"
+        f"(signed by {result.entry_key_id[:16]}, {trust})"
     )
+    count = "not provable from this file" if result.probesets is None else str(result.probesets)
+    click.echo(f"probe sets in the log at that checkpoint: {count}")

@@ -2,9 +2,12 @@
 
 Records are DSSE envelopes (:mod:`registry.dsse`) over RFC 8785 canonical JSON,
 signed by the owner's Ed25519 key (:mod:`registry.keys`), and every one is a
-leaf of an append-only RFC 6962 Merkle log (:mod:`registry.log`) with C2SP
-signed checkpoints (:mod:`registry.note`), RFC 9162 proofs
-(:mod:`registry.proofs`) and optional RFC 3161 time-stamps (:mod:`registry.tsa`).
+leaf of an append-only RFC 6962 Merkle log (:mod:`registry.store`, with the
+domain records in :mod:`registry.log` and the audit in :mod:`registry.audit`)
+with C2SP signed checkpoints (:mod:`registry.note`), RFC 9162 proofs
+(:mod:`registry.proofs`), optional RFC 3161 time-stamps (:mod:`registry.tsa`)
+and witness cosignatures (:mod:`registry.witness`); :mod:`registry.timeproof`
+tells offline which times a checkpoint's tokens and cosignatures prove.
 Importing this package does not import torch.
 """
 
@@ -16,7 +19,7 @@ from registry.keys import (
     load_public_key,
     public_key_from_pem,
 )
-from registry.log import CheckpointInfo, LogReport, Registry
+from registry.log import ProbesSpentError, Registry
 from registry.note import Checkpoint, sign_checkpoint, verify_checkpoint
 from registry.proofs import check_proof_bundle
 from registry.records import (
@@ -25,9 +28,11 @@ from registry.records import (
     PROBESET_TYPE,
     SPEND_TYPE,
     VERIFICATION_TYPE,
+    CheckpointInfo,
     ConsistencyProof,
     InclusionProof,
     LogEntry,
+    LogReport,
     ModelInfo,
     OwnerInfo,
     ProbeSetInfo,
@@ -50,6 +55,7 @@ __all__ = [
     "OwnerInfo",
     "OwnerKey",
     "ProbeSetInfo",
+    "ProbesSpentError",
     "Registration",
     "Registry",
     "check_proof_bundle",

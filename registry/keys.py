@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.padding import PKCS7
 
 from core.canonical import b64e, canonical_json, parse_json
 from core.errors import InputError, IntegrityError, KeyError_
+from core.files import write_atomic, write_private
 from registry._der import enc_int, enc_octets, enc_oid, enc_seq
 
 __all__ = [
@@ -227,16 +228,6 @@ def encrypt_pkcs8(private: Ed25519PrivateKey, passphrase: str, *, rounds: int = 
     return (text + "\n-----END ENCRYPTED PRIVATE KEY-----\n").encode("ascii")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file with mode 0600 (never readable by others, not even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
-
-
 def generate_owner_key(
     home: Path, name: str, passphrase: str | None = None, *, kdf_rounds: int = KDF_ROUNDS
 ) -> OwnerKey:
@@ -268,10 +259,10 @@ def generate_owner_key(
     private = Ed25519PrivateKey.generate()
     key = OwnerKey(name=name, private_key=private)
     pem = encrypt_pkcs8(private, passphrase, rounds=kdf_rounds)
-    _write_private(key_path, pem)
-    (home / PUBLIC_FILE).write_text(key.public_pem(), encoding="ascii")
+    write_private(key_path, pem)
+    write_atomic(home / PUBLIC_FILE, key.public_pem().encode("ascii"))
     meta = {"type": _META_TYPE, "name": name, "key_id": key.key_id}
-    (home / META_FILE).write_bytes(canonical_json(meta) + b"\n")
+    write_atomic(home / META_FILE, canonical_json(meta) + b"\n")
     return key
 
 

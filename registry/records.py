@@ -31,9 +31,11 @@ __all__ = [
     "SPEND_TYPE",
     "VERDICTS",
     "VERIFICATION_TYPE",
+    "CheckpointInfo",
     "ConsistencyProof",
     "InclusionProof",
     "LogEntry",
+    "LogReport",
     "ModelInfo",
     "OwnerInfo",
     "ProbeSetInfo",
@@ -225,3 +227,34 @@ class ConsistencyProof:
             "root2": b64e(self.root2),
             "hashes": [b64e(h) for h in self.hashes],
         }
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A stored checkpoint: its signed note (with any cosignatures), size, root, signer, RFC 3161 token."""
+
+    id: int
+    size: int
+    root: bytes
+    note: str
+    signer_key_id: str
+    tsa_token: bytes | None
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """What a clean audit (:func:`registry.audit.verify_log`) saw.
+
+    ``timestamps`` counts RFC 3161 tokens verified against the pinned
+    authority, ``unchecked_timestamps`` those not checked for want of one.
+    ``since`` is the size of the checkpoint saved earlier that the log was proven
+    to extend (``--since``), ``None`` when none was given.
+    """
+
+    size: int
+    root: bytes
+    checkpoints: int
+    timestamps: int
+    unchecked_timestamps: int
+    probesets: int
+    since: int | None = None

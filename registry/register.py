@@ -108,7 +108,7 @@ def register_model(
         probeset = secret[1]
         if probeset.num_classes != model.num_classes or probeset.input_shape != tuple(model.input_shape):
             raise InputError(f"watermark secret {side} does not fit model {path}")
-    entry = registry.register_model(
+    entry = registry.add_model(
         owner_key,
         name,
         path,

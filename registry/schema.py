@@ -1,7 +1,8 @@
 """The registry's tables as a SQLAlchemy 2.0 typed ORM, with constraint naming conventions.
 
 ``log_entries`` is the append-only log: one row per signed record, the leaves
-of the RFC 6962 tree. ``log_head`` is the only mutable table (the tree size, its
+of the RFC 6962 tree; ``merkle_nodes`` keeps the tree's interior nodes.
+``log_head`` is the only mutable table (the tree size, its
 right-edge subtree hashes and the origin line); every other table is insert-only,
 enforced by database triggers (see ``registry/migrations``). The record tables
 (owners, models, probe sets, spends, verifications) index what the log says, so
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointRow",
     "LogEntryRow",
     "LogHead",
+    "MerkleNodeRow",
     "ModelRow",
     "OwnerRow",
     "ProbeSetRow",
@@ -62,6 +64,25 @@ class LogHead(Base):
     # Concatenated hashes of the perfect subtrees along the tree's right edge, largest first.
     frontier: Mapped[bytes] = mapped_column(LargeBinary)
     root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # How many probe-set entries the log holds (each entry signs the count before it).
+    probesets: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class MerkleNodeRow(Base):
+    """An interior node of the tree: the root of the ``2**level`` leaves ending before ``end_idx``.
+
+    Written when the append that completes it commits, so an inclusion or
+    consistency proof reads O(log n) nodes (:func:`core.merkle.perfect_subtrees`);
+    leaves (level 0) are the log entries' leaf hashes. Ordered by the append that
+    completed it, so the audit reads them in step with the entries.
+    """
+
+    __tablename__ = "merkle_nodes"
+    __table_args__ = (CheckConstraint("level > 0", name="interior"),)
+
+    end_idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
 class LogEntryRow(Base):
@@ -139,6 +160,8 @@ class SpendRow(Base):
     probeset_id: Mapped[int] = mapped_column(ForeignKey("probesets.entry_idx"), primary_key=True)
     probe_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     entry_idx: Mapped[int] = mapped_column(ForeignKey("log_entries.idx"), index=True)
+    # Who spent it (a verification's own id), so that verification may resume; else None.
+    claim: Mapped[str | None] = mapped_column(String(64))
 
 
 class VerificationRow(Base):
@@ -169,6 +192,7 @@ class CheckpointRow(Base):
 
 APPEND_ONLY_TABLES: tuple[str, ...] = (
     "log_entries",
+    "merkle_nodes",
     "owners",
     "models",
     "probesets",

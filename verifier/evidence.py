@@ -230,14 +230,13 @@ def _check_payload(payload: dict[str, Any], kid: str) -> BundleCheck:
     models: list[dict[str, Any]] = payload["models"]
     if not tests:
         raise _fail("registry", "the bundle holds no tests")
-    trusted = {kid}
     # -- registry
     for m in models:
         proof = m.get("registry")
         if not isinstance(proof, dict):
             raise _fail("registry", f"model {m.get('name')!r} has no registry proof")
         try:
-            pc = check_proof_bundle(proof, trusted_key_ids=trusted)
+            pc = check_proof_bundle(proof, owner_key=kid)
         except (IntegrityError, InputError) as exc:
             raise _fail("registry", f"model {m.get('name')!r}: {exc}") from exc
         if proof["entry"].get("payloadType") != MODEL_TYPE or pc.payload["record"].get("name") != m["name"]:
@@ -248,7 +247,7 @@ def _check_payload(payload: dict[str, Any], kid: str) -> BundleCheck:
         if not isinstance(proof, dict):
             raise _fail("registry", f"test {i} has no registry proof")
         try:
-            pc = check_proof_bundle(proof, trusted_key_ids=trusted)
+            pc = check_proof_bundle(proof, owner_key=kid)
         except (IntegrityError, InputError) as exc:
             raise _fail("registry", f"test {i}: {exc}") from exc
         rec = pc.payload["record"]

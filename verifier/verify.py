@@ -189,10 +189,15 @@ def verify_suspect(
     client, detection = _client(options, first.num_classes, first.input_shape, transport)
     reason = f"verify {options.suspect}"
 
+    claim: list[str] = []  # this verification's id: the digest of its transcript's header line
+
     def spend(src: int, indices: list[int]) -> None:
         pid = sources[src].probeset_id
         assert pid is not None
-        registry.spend(owner_key, pid, indices, reason)
+        if not claim:  # the header is written before the first batch is spent, and kept on resume
+            with open(transcript, "rb") as f:
+                claim.append(hashlib.sha256(f.readline()).hexdigest())
+        registry.spend(owner_key, pid, indices, reason, claim=claim[0])
 
     with client:
         if options.resume is not None:

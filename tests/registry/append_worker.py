@@ -17,17 +17,24 @@ from registry import Registry, load_owner_key
 PAYLOAD_TYPE = "application/vnd.wm.test+json"
 
 
+def wait_for(go: str, seconds: float = 60) -> bool:
+    """Wait until the file ``go`` exists (all workers start together); False after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not Path(go).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def main(argv: list[str]) -> int:
     """Run one worker; print how many appends it made."""
     url, home, worker, count, go = argv[:5]
     every = int(argv[5]) if len(argv) > 5 else 0
     key = load_owner_key(Path(home))
     with Registry.open(url, create=False) as reg:
-        deadline = time.monotonic() + 60
-        while not Path(go).exists():
-            if time.monotonic() > deadline:
-                return 3
-            time.sleep(0.005)
+        if not wait_for(go):
+            return 3
         for i in range(int(count)):
             reg.append(key, PAYLOAD_TYPE, {"worker": int(worker), "i": i})
             if every and (i + 1) % every == 0:

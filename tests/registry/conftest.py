@@ -45,7 +45,7 @@ def make_probeset(n: int = 8, seed: int = 0, kind: str = "watermark"):  # type: 
         expected=torch.randint(0, 10, (n,), generator=g),
         kind=kind,  # type: ignore[arg-type]
         scheme=f"trigger-set:n={n}:pattern=noise",
-        null=Binomial(p0=0.1),
+        null=Binomial(p0=1 / 10),
         num_classes=10,
         salts=tuple(os.urandom(32) for _ in range(n)),
     )

@@ -78,12 +78,21 @@ def test_register_audit_and_proof(model_file: Path, tmp_path: Path, db_url: str)
     assert res.exit_code == 0
     proof = tmp_path / "proof.json"
     proof.write_text(res.stdout)
-    res = runner.invoke(wm, ["audit", "check-proof", str(proof), "--key-id", key.key_id])
-    assert res.exit_code == 0 and res.stdout.startswith("ok: entry 1 is in wm.registry/")
+    res = runner.invoke(wm, ["audit", "check-proof", str(proof)])
+    assert res.exit_code == 2 and res.stderr == (
+        "wm: error: no owner key pinned: pass --owner-key with the owner's published owner.pub "
+        "(or its key id)\n")
+    for pin in (key.key_id, str(home / "owner.pub")):
+        res = runner.invoke(wm, ["audit", "check-proof", str(proof), "--owner-key", pin])
+        assert res.exit_code == 0, res.output
+        assert res.stdout.startswith("ok: entry 1 is in wm.registry/") and "pinned owner key" in res.stdout
+        assert "probe sets in the log at that checkpoint: 1" in res.stdout
+    res = runner.invoke(wm, ["audit", "check-proof", str(proof), "--trust-embedded-key"])
+    assert res.exit_code == 0 and "UNTRUSTED" in res.stdout and "warning" in res.stderr
     bundle = json.loads(proof.read_text())
     bundle["inclusion"]["hashes"][0] = b64e(b"\x00" * 32)
     proof.write_text(json.dumps(bundle))
-    res = runner.invoke(wm, ["audit", "check-proof", str(proof)])
+    res = runner.invoke(wm, ["audit", "check-proof", str(proof), "--owner-key", key.key_id])
     assert res.exit_code == 1
     assert res.stderr == ("wm: audit check-proof: FAILED: "
                           "inclusion proof does not lead to the root hash\n")

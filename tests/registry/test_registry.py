@@ -16,12 +16,14 @@ from registry import (
     PROBESET_TYPE,
     SPEND_TYPE,
     OwnerKey,
+    ProbesSpentError,
     Registry,
     check_proof_bundle,
     verify_checkpoint,
     verify_envelope,
 )
 from registry.db import HEAD_REVISION, head_revision
+from registry.proofs import UNSAFE_TRUST_EMBEDDED_KEY
 from registry.schema import Base
 from tests.registry.conftest import make_probeset
 
@@ -58,7 +60,7 @@ def test_unknown_revision_is_refused(db_url: str) -> None:
         conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
     engine.dispose()
     with pytest.raises(RegistryError, match=r"is at schema revision 'ffff', which this wm does "
-                       r"not know \(it knows up to '0001'\)"):
+                       r"not know \(it knows up to '0002'\)"):
         Registry.open(db_url)
 
 
@@ -87,7 +89,7 @@ def test_append_entries_and_signatures(reg: Registry, owner_key: OwnerKey) -> No
     assert entries[0].record["key_id"] == owner_key.key_id
     st = verify_envelope(entries[2].envelope, owner_key.public_key, payload_type=T)
     assert st["record"] == {"n": 2}
-    assert st["log"] == {"origin": reg.origin, "index": 2, "prev_root": _b64(reg.root(2))}
+    assert st["log"] == {"origin": reg.origin, "index": 2, "prev_root": _b64(reg.root(2)), "probesets": 0}
     assert reg.root() == merkle.root_from_hashes([e.leaf_hash for e in entries])
     assert reg.add_owner(owner_key) == 0  # idempotent
     with pytest.raises(InputError, match="is written by its own registry method"):
@@ -105,13 +107,13 @@ def test_model_probeset_secrets_and_spending(
     reg: Registry, owner_key: OwnerKey, other_key: OwnerKey, tmp_path: Path, db_url: str
 ) -> None:
     path = _model_file(tmp_path)
-    idx = reg.register_model(owner_key, "digits-1", path, weights_sha256="ab" * 32, arch="cnn",
+    idx = reg.add_model(owner_key, "digits-1", path, weights_sha256="ab" * 32, arch="cnn",
                              input_shape=[1, 8, 8], num_classes=10)
     info = reg.model("digits-1")
     assert info.entry_index == idx and info.file_sha256 == hashlib.sha256(b"weights").hexdigest()
     assert info.input_shape == (1, 8, 8) and info.num_classes == 10
     with pytest.raises(InputError, match="a model named 'digits-1' is already registered"):
-        reg.register_model(owner_key, "digits-1", path)
+        reg.add_model(owner_key, "digits-1", path)
     ps = make_probeset(8)
     wm_key = b"K" * 32
     pid = reg.add_probeset(owner_key, "digits-1", ps, secret_key=wm_key)
@@ -145,8 +147,19 @@ def test_model_probeset_secrets_and_spending(
     assert reg.entry(sidx).payload_type == SPEND_TYPE
     assert reg.entry(sidx).record["indices"] == [1, 3]
     assert reg.unspent_indices(pid) == [0, 2, 4, 5, 6, 7]
-    reg.spend(owner_key, pid, [1, 2], reason="again")
-    assert reg.probesets("digits-1")[0].spent == 3
+    # Each probe counts once: a batch with a spent probe is refused whole, nothing recorded.
+    size = reg.size()
+    with pytest.raises(ProbesSpentError, match=r"probe set \d+: 1 of the probes to spend were spent "
+                       r"already \(1\)"):
+        reg.spend(owner_key, pid, [1, 2], reason="again")
+    assert reg.size() == size and reg.unspent_indices(pid) == [0, 2, 4, 5, 6, 7]
+    # A claimed spend may list its own probes again (a resumed verification); others may not.
+    reg.spend(owner_key, pid, [2, 4], reason="v1", claim="run-1")
+    again = reg.spend(owner_key, pid, [2, 4, 5], reason="v1 resumed", claim="run-1")
+    assert reg.entry(again).record["indices"] == [5]
+    with pytest.raises(ProbesSpentError, match=r"\(2, 4\)"):
+        reg.spend(owner_key, pid, [2, 4, 6], reason="v2", claim="run-2")
+    assert reg.probesets("digits-1")[0].spent == 5
     with pytest.raises(InputError, match="probe index 8 is outside probe set"):
         reg.spend(owner_key, pid, [8], reason="x")
     v = reg.add_verification(owner_key, {"suspect": "http://s", "verdict": "owned",
@@ -158,15 +171,15 @@ def test_model_probeset_secrets_and_spending(
     reg.verify_log()
 
 
-def test_checkpoints_and_proofs(reg: Registry, owner_key: OwnerKey) -> None:
+def test_checkpoints_and_proofs(reg: Registry, owner_key: OwnerKey, other_key: OwnerKey) -> None:
     for i in range(6):
         reg.append(owner_key, T, {"i": i})
-    note1 = reg.checkpoint(owner_key)
+    note1 = reg.checkpoint(owner_key).note
     cp1 = verify_checkpoint(note1, "alice", owner_key.public_key, origin=reg.origin)
     assert cp1.size == 7 and cp1.root == reg.root()
     for i in range(6, 13):
         reg.append(owner_key, T, {"i": i})
-    note2 = reg.checkpoint(owner_key)
+    note2 = reg.checkpoint(owner_key).note
     cp2 = verify_checkpoint(note2, "alice", owner_key.public_key)
     proof = reg.consistency_proof(cp1.size, cp2.size)
     assert (proof.root1, proof.root2) == (cp1.root, cp2.root)
@@ -175,14 +188,18 @@ def test_checkpoints_and_proofs(reg: Registry, owner_key: OwnerKey) -> None:
         p = reg.inclusion_proof(index, cp2.size)
         p.verify(cp2.root)
     bundle = reg.proof_bundle(3)
-    check = check_proof_bundle(bundle, trusted_key_ids={owner_key.key_id})
-    assert (check.index, check.tree_size) == (3, 14)
-    assert check.payload["record"] == {"i": 2}
-    with pytest.raises(IntegrityError, match="untrusted key"):
-        check_proof_bundle(bundle, trusted_key_ids={"00" * 32})
+    for pin in (owner_key.public_key, owner_key.key_id):
+        check = check_proof_bundle(bundle, owner_key=pin)
+        assert (check.index, check.tree_size, check.pinned) == (3, 14, True)
+        assert check.payload["record"] == {"i": 2} and check.probesets == 0
+    assert not check_proof_bundle(bundle, owner_key=UNSAFE_TRUST_EMBEDDED_KEY).pinned
+    with pytest.raises(IntegrityError, match="not the pinned owner key"):
+        check_proof_bundle(bundle, owner_key="00" * 32)
+    with pytest.raises(IntegrityError, match="not the pinned owner key"):
+        check_proof_bundle(bundle, owner_key=other_key.public_key)
     bundle["inclusion"]["index"] = 4
     with pytest.raises(IntegrityError):
-        check_proof_bundle(bundle)
+        check_proof_bundle(bundle, owner_key=owner_key.public_key)
     with pytest.raises(RegistryError, match="no checkpoint covers log entry 14"):
         reg.append(owner_key, T, {})
         reg.proof_bundle(14)

@@ -27,10 +27,10 @@ T = "application/vnd.wm.test+json"
 def drop_triggers(conn: Connection) -> None:
     """Remove the append-only triggers, as an attacker with DDL rights could."""
     if conn.dialect.name == "postgresql":
-        for table in ["log_entries", "checkpoints", "models"]:
+        for table in ["log_entries", "checkpoints", "models", "merkle_nodes"]:
             conn.execute(text(f"DROP TRIGGER {table}_append_only ON {table}"))
     else:
-        for table in ["log_entries", "checkpoints", "models"]:
+        for table in ["log_entries", "checkpoints", "models", "merkle_nodes"]:
             conn.execute(text(f"DROP TRIGGER {table}_no_update"))
             conn.execute(text(f"DROP TRIGGER {table}_no_delete"))
 
@@ -119,15 +119,20 @@ def replace_leaf_hash(conn: Connection) -> None:
 def delete_last_row_and_rewind_head(conn: Connection) -> None:
     """Truncate the log and make the head agree; the checkpoint at size 10 still knows."""
     from core import merkle
-    from registry.log import fold_frontier, push_frontier
 
     conn.execute(text("DELETE FROM log_entries WHERE idx = 9"))
-    frontier: list[bytes] = []
-    for i, (h,) in enumerate(conn.execute(text("SELECT leaf_hash FROM log_entries ORDER BY idx"))):
-        frontier = push_frontier(frontier, i, bytes(h))
+    conn.execute(text("DELETE FROM merkle_nodes WHERE end_idx = 10"))
+    tree = merkle.CompactRange()
+    for (h,) in conn.execute(text("SELECT leaf_hash FROM log_entries ORDER BY idx")):
+        tree.append(bytes(h))
     conn.execute(text("UPDATE log_head SET size = 9, frontier = :f, root = :r"),
-                 {"f": b"".join(frontier), "r": fold_frontier(frontier)})
-    assert merkle.HASH_SIZE == 32
+                 {"f": tree.to_bytes(), "r": tree.root()})
+
+
+def replace_tree_node(conn: Connection) -> None:
+    """A stored interior node changed: proofs served from it would not verify."""
+    conn.execute(text("UPDATE merkle_nodes SET hash = :h WHERE end_idx = 8 AND level = 3"),
+                 {"h": b"\x01" * 32})
 
 
 def edit_model_row(conn: Connection) -> None:
@@ -149,6 +154,7 @@ CASES: list[tuple[Callable[[Connection], None], str]] = [
     (replace_signature, "log entry 5: envelope: signature does not verify"),
     (replace_leaf_hash, "log entry 7: stored leaf hash does not match the entry"),
     (delete_last_row_and_rewind_head, r"log entry 9: missing \(checkpoint \d+ \(size 10\) covers 10"),
+    (replace_tree_node, r"tree node \(level 3, ending at entry 7\): not the hash of its leaves"),
     (edit_model_row, "model 'm': row does not match log entry 2"),
     (forge_checkpoint, r"checkpoint \d+ \(size 5\): checkpoint: signature does not verify"),
 ]
@@ -161,7 +167,7 @@ def populated(db_url: str, tmp_path: Path) -> str:
     model.write_bytes(b"model")
     with Registry.open(db_url) as reg:
         reg.append(key, T, {"n": 1})
-        reg.register_model(key, "m", model)
+        reg.add_model(key, "m", model)
         for n in range(3, 5):
             reg.append(key, T, {"n": n})
         reg.checkpoint(key)

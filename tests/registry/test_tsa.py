@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, text
 
 from cli.main import _register_commands, wm
 from core.errors import IntegrityError, RegistryError
-from registry import Registry, generate_owner_key
+from registry import Registry, generate_owner_key, verify_checkpoint
+from registry.timeproof import prove_time
 from registry.tsa import verify_timestamp
 
 _register_commands()
@@ -72,8 +73,10 @@ def tsa(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     (d / "serial").write_text("01\n")
     (d / "openssl.cnf").write_text(
         "[ tsa ]\ndefault_tsa = tsa1\n[ tsa1 ]\n"
+        # Only the signer's certificate in the token: OpenSSL writes a SET OF several
+        # certificates unsorted (not DER), which rfc3161-client's strict parser refuses.
         f"serial = {d}/serial\ncrypto_device = builtin\nsigner_cert = {d}/tsa.crt\n"
-        f"certs = {d}/ca.crt\nsigner_key = {d}/tsa.key\nsigner_digest = sha256\n"
+        f"signer_key = {d}/tsa.key\nsigner_digest = sha256\n"
         "default_policy = 1.2.3.4.1\ndigests = sha256, sha384, sha512\naccuracy = secs:1\n"
         "ordering = yes\ntsa_name = no\ness_cert_id_chain = no\ness_cert_id_alg = sha256\n"
     )
@@ -127,29 +130,44 @@ def test_checkpoint_with_trusted_time(tsa: tuple[str, Path], tmp_path: Path) -> 
     with Registry.open(db) as reg:
         [cp] = reg.checkpoints()
     assert cp.tsa_token is not None
-    info = verify_timestamp(cp.tsa_token, cp.note.encode(), ca_pem=ca.read_bytes())
+    # The token stamps the checkpoint's body (origin, size, root), whatever signatures it carries.
+    body = verify_checkpoint(cp.note, "alice", key.public_key).body().encode()
+    ca_pem = ca.read_bytes()
+    info = verify_timestamp(cp.tsa_token, body, ca_pem=ca_pem)
     assert info.policy == "1.2.3.4.1" and "wm test TSA" in info.tsa_subject
     assert abs((info.gen_time - dt.datetime.now(dt.UTC)).total_seconds()) < 300
     # OpenSSL agrees that the stored token stamps exactly this checkpoint.
-    (tmp_path / "note").write_text(cp.note)
+    (tmp_path / "body").write_bytes(body)
     (tmp_path / "token").write_bytes(cp.tsa_token)
     out = subprocess.run(
-        ["openssl", "ts", "-verify", "-data", str(tmp_path / "note"), "-in", str(tmp_path / "token"),
+        ["openssl", "ts", "-verify", "-data", str(tmp_path / "body"), "-in", str(tmp_path / "token"),
          "-token_in", "-CAfile", str(ca)], capture_output=True, text=True,
     )
     assert "Verification: OK" in out.stdout, out.stderr
 
     with pytest.raises(IntegrityError, match="imprint differs"):
-        verify_timestamp(cp.tsa_token, cp.note.encode() + b"x")
+        verify_timestamp(cp.tsa_token, body + b"x", ca_pem=ca_pem)
     other_ca = _cert("other", ec.generate_private_key(ec.SECP256R1()), None,
                      ec.generate_private_key(ec.SECP256R1()), tsa=False)
-    with pytest.raises(IntegrityError, match="not issued by a trusted authority"):
-        verify_timestamp(cp.tsa_token, cp.note.encode(),
-                         ca_pem=other_ca.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(IntegrityError, match="does not verify"):
+        verify_timestamp(cp.tsa_token, body, ca_pem=other_ca.public_bytes(serialization.Encoding.PEM))
     bad = bytearray(cp.tsa_token)
     bad[-10] ^= 0x01  # inside the signature
     with pytest.raises(IntegrityError):
-        verify_timestamp(bytes(bad), cp.note.encode())
+        verify_timestamp(bytes(bad), body, ca_pem=ca_pem)
+    # The offline time proof: the token's time counts only against the pinned authority.
+    proof = prove_time(cp.note, tsa_tokens=[cp.tsa_token], tsa_ca_pem=ca_pem)
+    assert proof.proven and proof.times[0].kind == "rfc3161" and "wm test TSA" in proof.times[0].by
+    assert proof.existed_by == info.gen_time
+    unpinned = prove_time(cp.note, tsa_tokens=[cp.tsa_token])
+    assert unpinned.describe() == "time: owner's word only"
+    assert "1 RFC 3161 token(s): no time-stamping authority pinned" in unpinned.ignored
+    with pytest.raises(IntegrityError, match="RFC 3161 token 1: time-stamp token does not verify"):
+        prove_time(cp.note, tsa_tokens=[cp.tsa_token],
+                   tsa_ca_pem=other_ca.public_bytes(serialization.Encoding.PEM))
+    # Without a pinned authority the audit counts the token as not checked, never as proof.
+    res = runner.invoke(wm, [*base, "verify"])
+    assert res.exit_code == 0 and "0 time-stamped, 1 time-stamps not checked: pass --tsa-ca" in res.stdout
 
     # A token swapped behind the registry's back makes the audit fail, naming the checkpoint.
     engine = create_engine(db)
@@ -166,7 +184,7 @@ def test_unreachable_authority_is_one_line(tmp_path: Path) -> None:
     home, db = tmp_path / "home", f"sqlite:///{tmp_path / 'r.db'}"
     key = generate_owner_key(home, "alice", "pw")
     with Registry.open(db) as reg, pytest.raises(RegistryError, match="is unreachable"):
-        reg.checkpoint(key, tsa_url="http://127.0.0.1:1/tsr", tsa_timeout=2)
+        reg.checkpoint(key, tsa_url="http://127.0.0.1:1/tsr", timeout=2)
     res = CliRunner().invoke(
         wm, ["--home", str(home), "--registry", db, "audit", "checkpoint", "--tsa", "http://127.0.0.1:1/"],
         env={"WM_PASSPHRASE": "pw"},

@@ -58,7 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     model_path = tmp / "m.pt2"
     save_model(untrained(), model_path, input_shape=(1, 8, 8), num_classes=10, arch="mlp")
     registry = Registry.open(url)
-    registry.register_model(key, "m", model_path, arch="mlp", input_shape=[1, 8, 8], num_classes=10)
+    registry.add_model(key, "m", model_path, arch="mlp", input_shape=[1, 8, 8], num_classes=10)
     pid = registry.add_probeset(key, "m", probes, secret_key=b"e" * 32)
     before = len(registry.unspent_indices(pid))
     with running_server(oracle_app(probes)) as srv:
@@ -198,7 +198,7 @@ def test_signature_failures(world: World, tmp_path: Path) -> None:
     mallory = generate_owner_key(tmp_path / "m", "mallory", passphrase="pw")
     payload = payload_of(env)
     payload["owner"] = {"name": "mallory", "key_id": mallory.key_id, "public_key": b64e(mallory.public_raw())}
-    with pytest.raises(EvidenceError, match=r"^registry: .*untrusted key"):
+    with pytest.raises(EvidenceError, match=r"^registry: .*not the pinned owner key"):
         check_bundle(sign_envelope(mallory, EVIDENCE_TYPE, payload))
 
 
