@@ -296,10 +296,19 @@ def _family(pid: int) -> list[int]:
     return [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
 
 
+def _pin(pids: list[int], cpu: int) -> None:
+    """Bind every thread of ``pids`` to one CPU (threads started later inherit it)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), {cpu})
+
+
 def _wrk(url: str, script: Path, connections: int, seconds: int,
-         cpu: dict[str, list[int]]) -> dict[str, float]:
+         cpu: dict[str, list[int]], wrk_cpu: int | None) -> dict[str, float]:
     before = {k: _cpu_seconds(v) for k, v in cpu.items()}
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+    pin = ["taskset", "-c", str(wrk_cpu)] if wrk_cpu is not None else []
+    out = subprocess.run([*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     spent = {k: _cpu_seconds(v) - before[k] for k, v in cpu.items()}
     lat = {p: float(v) * _UNIT[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$",
@@ -314,8 +323,14 @@ def _wrk(url: str, script: Path, connections: int, seconds: int,
 
 
 def part_speed(model_path: Path, rate: float, rounds: int, seconds: int,
-               workers: list[int]) -> list[str]:
-    """wrk against the upstream and against guards of each worker count, interleaved."""
+               workers: list[int], pin: bool) -> list[str]:
+    """wrk against the upstream and against guards of each worker count, interleaved.
+
+    With ``pin``, the upstream runs on CPU 0 and every guard worker and wrk on
+    CPU 1 (in the direct runs too): the deployment where the guard has a core
+    of its own beside the inference server's, which a machine shared with
+    other work does not otherwise give it.
+    """
     if shutil.which("wrk") is None:
         raise SystemExit("part speed needs wrk (Debian: apt-get install wrk)")
     env = {**os.environ, "WM_PASSPHRASE": PASSPHRASE, "OMP_NUM_THREADS": "1", "WM_TORCH_THREADS": "1"}
@@ -341,6 +356,9 @@ def part_speed(model_path: Path, rate: float, rounds: int, seconds: int,
                 targets[f"guard x{w}"] = _guard_url(log, g)
             pids = {"direct": [up.pid], **{name: _family(p.pid)
                                            for name, p in zip(list(targets)[1:], procs[1:], strict=True)}}
+            if pin:
+                _pin([up.pid], 0)
+                _pin([p for name in list(targets)[1:] for p in pids[name]], 1)
             target = f"/v2/models/{NAME}/infer"
             script = tmp / "post.lua"
             _lua(script, [json.dumps(oip(r[None])) for r in queries()], target)
@@ -351,7 +369,7 @@ def part_speed(model_path: Path, rate: float, rounds: int, seconds: int,
                 for c in (1, 16):
                     for name, base in targets.items():
                         cpu = {"upstream": [up.pid]} | ({"guard": pids[name]} if name != "direct" else {})
-                        r = _wrk(base + target, script, c, seconds, cpu)
+                        r = _wrk(base + target, script, c, seconds, cpu, 1 if pin else None)
                         results.setdefault((name, c), []).append(r)
                         print(name, c, {k: round(v, 3) for k, v in r.items()}, flush=True)
         finally:
@@ -396,6 +414,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--speed-rate", type=float, default=0.01)
     ap.add_argument("--workers", default="1,2", help="guard worker counts to measure, comma-separated")
+    ap.add_argument("--pin", action="store_true",
+                    help="upstream on CPU 0, guard workers and wrk on CPU 1 (direct runs too)")
     ap.add_argument("--out", default="benchmarks/results/guard.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -410,9 +430,10 @@ def main() -> None:
         sections = [f"# wm guard benchmark (`python -m benchmarks.guard --part {args.part}`)", "", head, ""]
         if args.part in ("all", "speed"):
             sections += ["## Latency and throughput on loopback (wrk, 1-input OIP requests, "
-                         f"rate {args.speed_rate:g}, {args.rounds} rounds of {args.seconds} s, medians)",
+                         f"rate {args.speed_rate:g}, {args.rounds} rounds of {args.seconds} s, medians"
+                         f"{'; upstream pinned to CPU 0, guard and wrk to CPU 1' if args.pin else ''})",
                          "", *part_speed(model_path, args.speed_rate, args.rounds, args.seconds,
-                                     [int(w) for w in args.workers.split(",")]), ""]
+                                     [int(w) for w in args.workers.split(",")], args.pin), ""]
         if args.part in ("all", "cost"):
             sections += ["## Accuracy cost to legitimate clients", "",
                          *part_cost(model_path, [0.01, 0.03, 0.1]), ""]
