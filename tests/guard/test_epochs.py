@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from core.errors import IntegrityError
 from core.marking import MarkingFunction, canonical_bytes, key_commitment
+from guard.clients import ClientKeys
 from guard.epochs import GUARD_EPOCH_TYPE, current_epoch, epochs, rotate_epoch
 from guard.journal import GUARD_QUERIES_TYPE
 from guard.probes import commit_guard_probes
@@ -95,3 +97,26 @@ def test_a_record_under_an_uncommitted_epoch_is_not_a_probe(owner: Owner) -> Non
 def test_core_marking_loads_without_torch() -> None:
     code = "import sys, core.marking; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_wm_guard_rotate_and_clients_add(owner: Owner, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import _register_commands, wm
+
+    _register_commands()
+    runner = CliRunner()
+    r = runner.invoke(wm, ["--home", str(owner.home), "guard", "rotate", "--model", MODEL, "--rate", "0.05"])
+    assert r.exit_code == 0, r.output
+    with Registry.open(owner.registry_url) as reg:
+        known = epochs(reg, owner.key, MODEL)
+    assert r.stdout.startswith(f"guard epoch 0 of {MODEL!r} committed") and known[0].rate == 0.05
+    assert known[0].commitment[:16] in r.stdout
+    r = runner.invoke(wm, ["--home", str(owner.home), "guard", "rotate", "--model", "nope"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    clients = tmp_path / "clients.json"
+    r = runner.invoke(wm, ["guard", "clients", "add", "alice", "--clients", str(clients)])
+    assert r.exit_code == 0 and r.stdout.startswith("wmk_")
+    assert ClientKeys.load(clients).identify([(b"x-api-key", r.stdout.strip().encode())]) == "client:alice"
+    r = runner.invoke(wm, ["guard", "clients", "add", "alice", "--clients", str(clients)])
+    assert r.exit_code == 2 and "already has a key" in r.stderr
