@@ -26,7 +26,6 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ __all__ = [
     "Journal",
     "RegistryFlusher",
     "guard_entries",
-    "now_iso",
 ]
 
 GUARD_QUERIES_TYPE = "application/vnd.wm.guard-queries+json"
@@ -48,11 +46,6 @@ _JOURNAL_TYPE = "wm.guard-journal/v1"
 _BATCH_TYPE = "wm.guard-queries/v1"
 _COMPACT_EVERY = 4096
 _SEGMENT = re.compile(r"^journal-(\d{1,4})\.jsonl$")
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

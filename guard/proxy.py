@@ -43,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from core.clock import format_utc
 from core.errors import InputError
 from core.marking import canonical_bytes
 from guard.clients import OPEN_PATHS, ClientKeys
@@ -185,7 +186,7 @@ class MarkRecorder:
                key_epoch: int) -> list[GuardRecord]:
         """Journal marked queries ``(canonical bytes, digest, label)`` answered to ``client``."""
         now = datetime.now(UTC)
-        stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        stamp = format_utc(now)
         pending = []
         for data, digest, label in items:
             epoch, sealed = self.vault.seal(data, digest, now)

@@ -121,8 +121,11 @@ def run_guard(home: Path, registry_url: str, owner_key: OwnerKey, options: Guard
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     recover_segments(home, registry_url, owner_key, options.model)
-    # Open once here: validates the options and commits the epoch before any worker marks.
-    GuardService.open(home, registry_url, owner_key, options).journal.close()
+    # Open once here: validates the options and commits the epoch before any worker marks;
+    # closed again before forking, so no worker inherits a database connection.
+    probe = GuardService.open(home, registry_url, owner_key, options)
+    probe.flusher.close()
+    probe.journal.close()
     sock = listen(host, port)
     try:
         url = f"http://{host}:{sock.getsockname()[1]}"
