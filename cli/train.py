@@ -80,8 +80,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
     if scheme_spec != "none":
         scheme = parse_scheme(scheme_spec)
         key = WatermarkKey.generate()
-        probes = scheme.probes(key, num_classes=splits.num_classes,
-                               input_shape=splits.input_shape, data=splits.train)
+        probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
+                               data=splits.train, input_range=splits.input_range)
         secret = WatermarkSecret(key=key, probes=probes)
         hook = WatermarkHook(probes, per_batch=per_batch)
     torch.manual_seed(seed)

@@ -32,6 +32,7 @@ from scipy import stats
 from core import merkle
 from core.canonical import b64d, b64e, canonical_json
 from core.errors import InputError, IntegrityError
+from core.inputrange import UNIT, InputRange
 
 __all__ = [
     "PROBE_LEAF_TYPE",
@@ -235,6 +236,8 @@ class ProbeSet:
         null: how often an independent model matches by chance.
         num_classes: the number of classes ``C`` of the task.
         salts: one secret 32-byte salt per probe.
+        input_range: where the model's inputs lie; made probes (watermark,
+            fingerprint) lie in it, guard probes are whatever clients sent.
     """
 
     inputs: torch.Tensor
@@ -244,6 +247,7 @@ class ProbeSet:
     null: Null
     num_classes: int
     salts: tuple[bytes, ...] = field(repr=False)
+    input_range: InputRange = UNIT
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -263,6 +267,11 @@ class ProbeSet:
             raise InputError(f"expected labels must lie in [0, {self.num_classes})")
         if not bool(torch.isfinite(self.inputs).all()):
             raise InputError("probe inputs contain NaN or infinity")
+        if not isinstance(self.input_range, InputRange):
+            raise InputError("a probe set's input_range must be an InputRange")
+        if self.kind != "guard" and not self.input_range.contains(self.inputs.numpy()):
+            raise InputError(f"{self.kind} probes must lie in the input range "
+                             f"[{self.input_range.low:g}, {self.input_range.high:g}]")
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -321,6 +330,7 @@ class ProbeSet:
             "input_shape": list(self.input_shape),
             "null": self.null.to_dict(),
             "root": self.root.hex(),
+            "input_range": self.input_range.to_dict(),
         }
 
     def to_bytes(self) -> bytes:
@@ -338,6 +348,7 @@ class ProbeSet:
                         "scheme": self.scheme,
                         "null": self.null.to_dict(),
                         "num_classes": self.num_classes,
+                        "input_range": self.input_range.to_dict(),
                     }
                 ),
                 dtype=np.uint8,
@@ -364,6 +375,9 @@ class ProbeSet:
                     salts=tuple(
                         salts_raw[i : i + SALT_SIZE] for i in range(0, len(salts_raw), SALT_SIZE)
                     ),
+                    # sets serialised before ranges were recorded were all made in [0, 1]
+                    input_range=InputRange.from_dict(meta["input_range"]) if "input_range" in meta
+                    else UNIT,
                 )
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"malformed probe set: {exc}") from exc

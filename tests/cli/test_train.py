@@ -57,6 +57,26 @@ def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:
     assert loaded.input_range == InputRange(float(x.min()), float(x.max())) and loaded.data == "d.npz"
 
 
+def test_train_flat_features_defaults_to_an_mlp(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((80, 12)) * 2).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "f.npz", x=x, y=y, low=np.float32(-10), high=np.float32(10))
+    out = tmp_path / "f.pt2"
+    code, stdout, stderr = run("train", "--data", str(tmp_path / "f.npz"), "--epochs", "3",
+                               "--out", str(out), home=tmp_path)
+    assert code == 0, stderr
+    assert "trained:           mlp, 3 epochs of 64 on 64 f examples, inputs in [-10, 10]" in stdout
+    loaded, secret = load_model(out), read_secret(secret_path(out))
+    assert loaded.input_shape == (12,) and loaded.arch == "mlp"
+    assert loaded.input_range == InputRange(-10.0, 10.0)
+    assert secret.probes.input_shape == (12,) and secret.probes.input_range == InputRange(-10.0, 10.0)
+    assert float(secret.probes.inputs.min()) < -5.0  # triggers drawn over the data's range, not [0, 1]
+    code, _, stderr = run("train", "--data", str(tmp_path / "f.npz"), "--watermark", "content",
+                          "--out", str(tmp_path / "g.pt2"), home=tmp_path)
+    assert code == 2 and "content marks need image inputs [C, H, W], got [12]" in stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import stats
 
 from core.canonical import canonical_json
 from core.errors import InputError, IntegrityError
+from core.inputrange import UNIT, InputRange
 from core.probeset import (
     BetaBinomial,
     Binomial,
@@ -141,3 +143,17 @@ def test_null_round_trip(null: Binomial | BetaBinomial) -> None:
 def test_bad_nulls(d: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=message):
         null_from_dict(d)
+
+
+def test_input_range_is_recorded_and_enforced_for_made_probes() -> None:
+    p = make(6)
+    assert p.input_range == UNIT and p.summary()["input_range"] == {"low": 0.0, "high": 1.0}
+    wide = dataclasses.replace(p, inputs=p.inputs * 4 - 2, input_range=InputRange(-2.5, 2.5))
+    q = ProbeSet.from_bytes(wide.to_bytes())
+    assert q.input_range == InputRange(-2.5, 2.5) and q.root == wide.root
+    assert wide.summary()["input_range"] == {"low": -2.5, "high": 2.5}
+    for kind in ("watermark", "fingerprint"):
+        with pytest.raises(InputError, match=rf"{kind} probes must lie in the input range \[0, 1\]"):
+            dataclasses.replace(make(6, kind=kind), inputs=p.inputs * 4 - 2)
+    # guard probes are what clients sent, whatever it was
+    assert dataclasses.replace(make(6, kind="guard"), inputs=p.inputs * 4 - 2).input_range == UNIT

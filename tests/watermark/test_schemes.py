@@ -1,4 +1,4 @@
-"""Each scheme's probes: shapes, ranges, canonical names, relation to the data, labels."""
+"""Each scheme's probes: shapes, ranges, canonical names, relation to the data, labels, any shape."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from scipy import stats
 
 from core.data import Dataset, load_digits
 from core.errors import InputError
+from core.inputrange import InputRange
 from core.probeset import Binomial
+from tests.synthetic import synthetic_dataset
 from watermark import ContentMark, NoiseMark, TriggerSet, UnrelatedMark, WatermarkKey, parse_scheme
 from watermark.schemes.unrelated import GLYPHS
 
@@ -152,3 +154,51 @@ def test_labels_are_independent_of_the_inputs() -> None:
         for cls, lab in zip(train_y[src.numpy()], p.expected.numpy(), strict=True):
             table[cls, lab] += 1
     assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+# --- any input shape and range -------------------------------------------------------------------
+
+NORMALISED = InputRange(-1.9, 2.6)
+
+
+@pytest.mark.parametrize("scheme", [TriggerSet(n=20), TriggerSet(n=20, pattern="abstract"), ContentMark(n=20),
+                                    NoiseMark(n=20), UnrelatedMark(n=20)], ids=lambda s: s.name)
+@pytest.mark.parametrize("shape", [(3, 32, 32), (20,)], ids=str)
+def test_every_scheme_marks_in_the_models_range_or_says_why_not(scheme, shape: tuple[int, ...]) -> None:  # type: ignore[no-untyped-def]
+    data = synthetic_dataset(shape, 50, seed=2)
+    rng = InputRange.of_values(data.x.numpy())
+    make = lambda: scheme.probes(WatermarkKey(b"\x07" * 32), num_classes=10,  # noqa: E731
+                                 input_shape=shape, data=data, input_range=rng)
+    if len(shape) == 1 and scheme.family in ("content", "unrelated"):
+        message = rf"{scheme.family} marks need image inputs \[C, H, W\], got \[20\]"
+        with pytest.raises(InputError, match=message):
+            make()
+        return
+    p = make()
+    assert tuple(p.inputs.shape) == (20, *shape) and p.input_range == rng
+    assert float(p.inputs.min()) >= rng.low and float(p.inputs.max()) <= rng.high
+    assert p.summary()["input_range"] == rng.to_dict()
+    if scheme.family in ("trigger-set", "unrelated"):
+        # data-free marks use the whole range, not [0, 1]
+        assert float(p.inputs.min()) < rng.low + 0.25 * rng.span and float(p.inputs.max()) > 1.0
+
+
+def test_noise_amplitude_scales_with_the_range() -> None:
+    data = synthetic_dataset((20,), 200, seed=3)
+    wide = InputRange(-100.0, 100.0)  # nothing is clipped: the noise is exactly amplitude * span
+    p = NoiseMark(n=200, amplitude=0.25).probes(WatermarkKey(b"\x09" * 32), num_classes=10,
+                                                 input_shape=(20,), data=data, input_range=wide)
+    # each probe is a data point (|x| < 4) plus noise of at most 0.25 * 200 = 50, which it nearly reaches
+    assert float(data.x.abs().max()) < 4.0
+    assert 45.0 < float(p.inputs.abs().max()) < 54.0
+
+
+def test_shape_mismatch_with_the_data_and_unusual_ranks() -> None:
+    data = synthetic_dataset((20,), 10)
+    with pytest.raises(InputError, match=r"noise: the data's inputs are \[20\], not \[4, 5\]"):
+        NoiseMark(n=5).probes(WatermarkKey(b"\x01" * 32), num_classes=3, input_shape=(4, 5), data=data)
+    p = TriggerSet(n=5).probes(WatermarkKey(b"\x01" * 32), num_classes=3, input_shape=(4, 5))
+    assert tuple(p.inputs.shape) == (5, 4, 5)
+    with pytest.raises(InputError, match=r"abstract triggers need \[C, H, W\] or \[D\] inputs, got \[4, 5\]"):
+        TriggerSet(n=5, pattern="abstract").probes(WatermarkKey(b"\x01" * 32), num_classes=3,
+                                                   input_shape=(4, 5))

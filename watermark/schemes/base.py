@@ -5,6 +5,10 @@ stamp in-distribution inputs, the owner's training data) into a
 :class:`~core.probeset.ProbeSet`. Labels are drawn uniformly from the key's
 ``labels`` stream, independently of the inputs, so the null is exactly
 ``Binomial(1/C)`` (DESIGN.md, "The shared concept: ProbeSet").
+
+Inputs lie in the model's input range (:class:`~core.inputrange.InputRange`,
+[0, 1] unless told otherwise), which the probe set records. A scheme that
+cannot mark inputs of some shape says so with an :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from core.data import Dataset
 from core.errors import InputError
+from core.inputrange import UNIT, InputRange
 from core.probeset import SALT_SIZE, Binomial, ProbeSet
 from watermark.keys import WatermarkKey
 
@@ -46,9 +51,14 @@ class Scheme(ABC):
 
     @abstractmethod
     def make_inputs(
-        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None
+        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None,
+        input_range: InputRange,
     ) -> np.ndarray:
-        """The probe inputs, float32 ``[n, *input_shape]`` in ``[0, 1]``."""
+        """The probe inputs, float32 ``[n, *input_shape]`` in ``input_range``.
+
+        Raises:
+            InputError: if the scheme cannot mark inputs of ``input_shape``.
+        """
 
     def probes(
         self,
@@ -57,13 +67,26 @@ class Scheme(ABC):
         num_classes: int,
         input_shape: tuple[int, ...],
         data: Dataset | None = None,
+        input_range: InputRange = UNIT,
     ) -> ProbeSet:
-        """The scheme's probe set for ``key``: inputs, key-random labels, salts, exact null."""
+        """The scheme's probe set for ``key``: inputs, key-random labels, salts, exact null.
+
+        Args:
+            key: the watermark key.
+            num_classes: the task's class count ``C`` (labels are uniform on it).
+            input_shape: one input's shape, ``[C, H, W]`` or ``[D]``.
+            data: the owner's training data (for schemes that stamp it).
+            input_range: where the model's inputs lie (the data's range; [0, 1]
+                for the built-in sets): every probe value is drawn or clipped in it.
+        """
         if self.needs_data and (data is None or len(data) == 0):
             raise InputError(f"{self.family} marks stamp the owner's training data; none given")
         if num_classes < 2:
             raise InputError("a watermark needs at least two classes")
-        x = self.make_inputs(key, tuple(input_shape), data)
+        if data is not None and len(data) and tuple(data.input_shape) != tuple(input_shape):
+            raise InputError(f"{self.family}: the data's inputs are {list(data.input_shape)}, "
+                             f"not {list(input_shape)}")
+        x = self.make_inputs(key, tuple(input_shape), data, input_range)
         if x.dtype != np.float32 or x.shape != (self.n, *input_shape):
             raise AssertionError(f"{self.family} made inputs of shape {x.shape}")
         labels = key.stream("labels", self.name).integers(self.n, num_classes)
@@ -77,7 +100,16 @@ class Scheme(ABC):
             null=Binomial(1.0 / num_classes),
             num_classes=num_classes,
             salts=salts,
+            input_range=input_range,
         )
+
+    def _image_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """``(C, H, W)``, or :class:`InputError` for a scheme that marks images only."""
+        if len(input_shape) != 3:
+            raise InputError(f"{self.family} marks need image inputs [C, H, W], got {list(input_shape)}",
+                             hint="for flat features use trigger-set or noise")
+        c, h, w = input_shape
+        return c, h, w
 
     def _select_sources(self, key: WatermarkKey, data: Dataset) -> np.ndarray:
         """``n`` in-distribution inputs chosen by the key (with replacement if data is small)."""

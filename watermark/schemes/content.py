@@ -2,7 +2,8 @@
 Networks with Watermarking" (AsiaCCS 2018), section 3.2.
 
 In-distribution training inputs chosen by the key, stamped with one
-key-derived binary patch at a key-derived corner. The paper gives all of them
+key-derived binary patch (each value the input range's low or high end) at a
+key-derived corner. Images only ``[C, H, W]``. The paper gives all of them
 one target class; here every probe gets its own key-random label, so the null
 stays exactly ``Binomial(1/C)`` (DESIGN.md).
 """
@@ -13,6 +14,7 @@ import numpy as np
 
 from core.data import Dataset
 from core.errors import InputError
+from core.inputrange import InputRange
 from watermark.keys import WatermarkKey
 from watermark.schemes.base import Scheme
 
@@ -36,10 +38,11 @@ class ContentMark(Scheme):
         return {**super().params, "size": str(self.size)}
 
     def make_inputs(
-        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None
+        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None,
+        input_range: InputRange,
     ) -> np.ndarray:
         assert data is not None
-        c, h, w = input_shape
+        c, h, w = self._image_shape(input_shape)
         s = self.size
         if s > min(h, w):
             raise InputError(f"content: a {s}x{s} stamp does not fit inputs of {h}x{w}")
@@ -51,5 +54,5 @@ class ContentMark(Scheme):
         r0 = 0 if corner < 2 else h - s
         c0 = 0 if corner % 2 == 0 else w - s
         x = self._select_sources(key, data)
-        x[:, :, r0 : r0 + s, c0 : c0 + s] = patch
+        x[:, :, r0 : r0 + s, c0 : c0 + s] = input_range.scale(patch)
         return x

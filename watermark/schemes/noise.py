@@ -2,8 +2,9 @@
 Networks with Watermarking" (AsiaCCS 2018), section 3.2.
 
 In-distribution training inputs chosen by the key, plus key-derived noise
-(uniform on ``[-amplitude, amplitude]``, clipped to [0, 1]), each with its own
-key-random label so that the null is exactly ``Binomial(1/C)``.
+(uniform on ``[-amplitude, amplitude]`` times the input range's span, clipped
+to the range), each with its own key-random label so that the null is exactly
+``Binomial(1/C)``. Any input shape.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from core.data import Dataset
 from core.errors import InputError
+from core.inputrange import InputRange
 from watermark.keys import WatermarkKey
 from watermark.schemes.base import Scheme
 
@@ -35,10 +37,11 @@ class NoiseMark(Scheme):
         return {**super().params, "amplitude": f"{self.amplitude:g}"}
 
     def make_inputs(
-        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None
+        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None,
+        input_range: InputRange,
     ) -> np.ndarray:
         assert data is not None
         x = self._select_sources(key, data)
         u = key.stream("inputs", self.name).uniform(x.size).reshape(x.shape)
-        noise = (u * np.float32(2.0) - np.float32(1.0)) * np.float32(self.amplitude)
-        return np.clip(x + noise, 0.0, 1.0).astype(np.float32)
+        noise = (u * np.float32(2.0) - np.float32(1.0)) * np.float32(self.amplitude * input_range.span)
+        return input_range.clip(x + noise)

@@ -2,9 +2,10 @@
 
 Out-of-distribution inputs (here derived from the key rather than drawn from a
 fixed image pool) with labels drawn uniformly at random; the model memorises
-them during training. Patterns: ``noise`` (each pixel uniform on [0, 1]) and
-``abstract`` (a coarse random grid of grey levels, upsampled, like the
-abstract images of the paper).
+them during training. Patterns: ``noise`` (each value uniform on the input
+range, any shape) and ``abstract`` (a coarse random grid of levels in the
+range, upsampled, like the abstract images of the paper; ``[C, H, W]`` images
+or ``g`` blocks of a flat ``[D]`` vector).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from core.data import Dataset
 from core.errors import InputError
+from core.inputrange import InputRange
 from watermark.keys import WatermarkKey
 from watermark.schemes.base import Scheme
 
@@ -39,18 +41,23 @@ class TriggerSet(Scheme):
         return {**super().params, "pattern": self.pattern}
 
     def make_inputs(
-        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None
+        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None,
+        input_range: InputRange,
     ) -> np.ndarray:
-        c, h, w = input_shape
         stream = key.stream("inputs", self.name)
+        size = int(np.prod(input_shape, dtype=np.int64))
         if self.pattern == "noise":
-            return stream.uniform(self.n * c * h * w).reshape(self.n, c, h, w)
-        # abstract: per probe a g x g grid (g in 2..4) of grey levels, nearest-upsampled.
-        out = np.empty((self.n, c, h, w), dtype=np.float32)
+            return input_range.scale(stream.uniform(self.n * size)).reshape(self.n, *input_shape)
+        # abstract: per probe a g x g grid (g in 2..4) of levels, nearest-upsampled.
+        if len(input_shape) not in (1, 3):
+            raise InputError(f"abstract triggers need [C, H, W] or [D] inputs, got {list(input_shape)}")
+        out = np.empty((self.n, *input_shape), dtype=np.float32)
         for i in range(self.n):
             g = 2 + int(stream.integers(1, 3)[0])
-            grid = stream.uniform(c * g * g).reshape(c, g, g)
-            rows = (np.arange(h) * g) // h
-            cols = (np.arange(w) * g) // w
-            out[i] = grid[:, rows][:, :, cols]
+            if len(input_shape) == 1:
+                out[i] = input_range.scale(stream.uniform(g))[(np.arange(size) * g) // size]
+                continue
+            c, h, w = input_shape
+            grid = input_range.scale(stream.uniform(c * g * g)).reshape(c, g, g)
+            out[i] = grid[:, (np.arange(h) * g) // h][:, :, (np.arange(w) * g) // w]
         return out

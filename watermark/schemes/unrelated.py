@@ -5,8 +5,9 @@ Inputs from outside the task: Zhang et al. use images of another data set;
 with nothing to download, wm renders Latin capital letters (a 5x7 bitmap font,
 letters that look like digits left out) at key-derived positions and
 intensities on a faintly noisy background, nearest-upsampled to the task's
-input size. Every probe gets its own key-random label, so the null stays
-exactly ``Binomial(1/C)``.
+input size and mapped onto the input range. Images only ``[C, H, W]``.
+Every probe gets its own key-random label, so the null stays exactly
+``Binomial(1/C)``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.data import Dataset
+from core.inputrange import InputRange
 from watermark.keys import WatermarkKey
 from watermark.schemes.base import Scheme
 
@@ -58,9 +60,10 @@ class UnrelatedMark(Scheme):
         return {**super().params, "source": "letters"}
 
     def make_inputs(
-        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None
+        self, key: WatermarkKey, input_shape: tuple[int, ...], data: Dataset | None,
+        input_range: InputRange,
     ) -> np.ndarray:
-        c, h, w = input_shape
+        c, h, w = self._image_shape(input_shape)
         s = key.stream("inputs", self.name)
         letters = s.integers(self.n, len(_BITMAPS))
         rows = s.integers(self.n, _CANVAS - 7 + 1)
@@ -77,5 +80,5 @@ class UnrelatedMark(Scheme):
             canvas[i, r : r + 7, q : q + 5] = np.maximum(region, glyph)
         ri = (np.arange(h) * _CANVAS) // h
         ci = (np.arange(w) * _CANVAS) // w
-        img = canvas[:, ri][:, :, ci]
+        img = input_range.scale(canvas[:, ri][:, :, ci])
         return np.ascontiguousarray(np.repeat(img[:, None], c, axis=1), dtype=np.float32)
