@@ -39,6 +39,7 @@ MARKER = ".wm-demo"
 MODEL = "owner-cnn"
 DEMO_PASSPHRASE = "wm-demo-passphrase"  # a throwaway key for the demo only
 GUARD_RATE = 0.03
+STARTUP_S = 300  # a server imports torch first: seconds on an idle machine, minutes on a busy one
 EXTRACTION_QUERIES = 1617  # the attacker pool (539) and two noisy, shifted copies of it
 
 
@@ -86,7 +87,7 @@ class Runner:
         proc = subprocess.Popen(self._argv(list(args)), env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT)
         self.background.append(proc)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise DemoError(f"`wm {args[0]}` exited early; see {self.logs / (name + '.log')}")
@@ -96,7 +97,7 @@ class Runner:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise DemoError(f"`wm {args[0]}` did not come up within 90 s")
+        raise DemoError(f"`wm {args[0]}` did not come up within {STARTUP_S} s")
 
     def stop_all(self) -> None:
         """SIGTERM every background server (the guard flushes its journal), then wait."""
