@@ -121,6 +121,10 @@ def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: st
         click.echo(f"suspect:   {suspect} ({outcome.detection.detail})")
         click.echo(f"verdict:   {out['verdict']} (model {out['model']}, p = {out['p_value']:.3g}, "
                    f"alpha {alpha:g}, {out['mode']})")
+        fut = out["futility"]
+        if fut is not None and fut["ruled_out_at"] is not None:
+            click.echo(f"ruled out: after {fut['ruled_out_at']} probes, no named model's marks are "
+                       f"kept at a share >= {fut['share']:g} (error <= {fut['error']:g})")
         click.echo(f"queries:   {out['queries']} probes, {out['decoys']} decoys, "
                    f"{out['requests']} requests")
         for t in out["tests"]:

@@ -44,7 +44,7 @@ from registry.keys import OwnerKey, key_id_of
 from registry.proofs import check_proof_bundle
 from registry.records import MODEL_TYPE, PROBESET_TYPE
 from verifier.session import DECOY, SessionResult, input_digest, public_header, tests_from_records
-from verifier.stats import compute_statistics
+from verifier.stats import Futility, compute_statistics
 
 __all__ = [
     "EVIDENCE_TYPE",
@@ -322,7 +322,8 @@ def _check_payload(payload: dict[str, Any], kid: str) -> BundleCheck:
             if null_from_dict(t["null"]).to_dict() != null_from_dict(sources[i]["null"]).to_dict():
                 raise _fail("statistics", f"test {i}: the header's null differs")
         stats = compute_statistics(
-            inputs, alpha=float(claimed["alpha"]), mode=claimed["mode"], models=header.get("models")
+            inputs, alpha=float(claimed["alpha"]), mode=claimed["mode"], models=header.get("models"),
+            futility=Futility.from_dict(header.get("futility")),
         )
     except InputError as exc:
         raise _fail("statistics", str(exc)) from exc

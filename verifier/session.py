@@ -1,12 +1,22 @@
 """The query plan and the verification session: probes among decoys, a transcript, resume.
 
 A :class:`QueryPlan` takes unspent probes from each committed probe set
-(round-robin up to the budget), mixes them with decoys (ordinary
-in-distribution inputs, so that a suspect cannot tell verification queries by
-their look or their order), shuffles everything with a fresh random seed and
-cuts it into batches. On ``digits`` the decoys are the test split; for your
-own data pass ``--decoys FILE.npz`` (its test split is used), inputs of the
-same shape that your model's users would send.
+(round-robin up to the budget, from a fresh secret permutation), mixes them
+with decoys (ordinary in-distribution inputs, so that a suspect cannot tell
+verification queries by their look or their order), and lays them out in
+decision groups: each group's probes and decoys are shuffled together with a
+fresh random seed and cut into batches (requests) of at most ``batch_size``
+inputs. On ``digits`` the decoys are the test split; for your own data pass
+``--decoys FILE.npz`` (its test split is used), inputs of the same shape that
+your model's users would send.
+
+Probes are the scarce resource: every probe sent is spent for good. A
+sequential plan (:meth:`QueryPlan.for_session`) therefore puts in its first
+group exactly the probes a perfect copy needs to reach alpha
+(:func:`first_decision`: 7 with 10 classes at ``1e-6``, 10 at ``1e-9``), and
+after that groups of :data:`FOLLOW_UP_PROBES`, so that an innocent suspect,
+which the futility rule of :mod:`verifier.stats` rules out after about 10 to 20
+probes, is not sent a large batch it does not need.
 
 The :class:`VerificationSession` sends the batches (up to ``concurrency`` in
 flight), records spent probes *before* each batch leaves, and writes the
@@ -15,7 +25,10 @@ line per answered request (items with their input digests, request and answer
 SHA-256, status, attempts, latency, time, labels) or an ``error`` line, and an
 ``end`` line. Each line is flushed and fsynced. After every answered batch the
 anytime-valid statistics (:mod:`verifier.stats`) are updated in plan order;
-in sequential mode the session stops once they reach ``alpha``.
+in sequential mode the session stops once they reach ``alpha`` or rule
+every model out (:class:`~verifier.stats.Futility`), and never sends a batch
+while the batches in flight could already decide either way (a batch sent then
+might be spent for nothing).
 :meth:`VerificationSession.resume` reads a transcript back (a torn last line
 is dropped) and continues with the batches that have no answer, so no
 answered query is repeated.
@@ -42,15 +55,18 @@ from core.canonical import b64d, b64e, canonical_json
 from core.errors import InputError, SuspectError
 from core.probeset import ProbeSet
 from verifier.protocols import Answer, Detection, SuspectClient
-from verifier.stats import Mode, Statistics, TestInput, compute_statistics
+from verifier.stats import Futility, Mode, Statistics, TestInput, compute_statistics
 
 __all__ = [
+    "DEFAULT_FUTILITY",
+    "FOLLOW_UP_PROBES",
     "TRANSCRIPT_TYPE",
     "PlanItem",
     "ProbeSource",
     "QueryPlan",
     "SessionResult",
     "VerificationSession",
+    "first_decision",
     "input_digest",
     "read_transcript",
     "tests_from_records",
@@ -58,6 +74,8 @@ __all__ = [
 
 TRANSCRIPT_TYPE = "wm.transcript/v1"
 DECOY = -1
+FOLLOW_UP_PROBES = 4  # probes per decision group after the first (see the module docstring)
+DEFAULT_FUTILITY = Futility()
 SpendFn = Callable[[int, list[int]], None]
 
 
@@ -100,7 +118,50 @@ class ProbeSource:
             "input_shape": s["input_shape"],
             "null": s["null"],
             "root": b64e(self.probes.root),
+            "unspent": len(self.indices),
         }
+
+
+def _round_robin(queues: Sequence[Sequence[int]], budget: int) -> list[int]:
+    """Source of each planned probe: round-robin over ``queues`` (by length) up to ``budget``."""
+    left = [len(q) for q in queues]
+    order: list[int] = []
+    while len(order) < budget and any(left):
+        for si in range(len(left)):
+            if left[si] and len(order) < budget:
+                order.append(si)
+                left[si] -= 1
+    return order
+
+
+def _group_sizes(total: int, first: int, step: int) -> list[int]:
+    """``total`` probes cut into a first group of ``first`` and later ones of ``step``."""
+    sizes = [min(first, total)]
+    while sum(sizes) < total:
+        sizes.append(min(step, total - sum(sizes)))
+    return sizes
+
+
+def first_decision(
+    sources: Sequence[ProbeSource], *, budget: int, alpha: float, models: Sequence[str] | None = None
+) -> int | None:
+    """Probes after which a perfect copy would reach ``alpha``, in round-robin plan order; None if never.
+
+    This is the size of a sequential plan's first group: an exact copy is
+    decided by the first batch, and no probe more than it needs is spent.
+    """
+    order = _round_robin([s.indices for s in sources], budget)
+    positions: list[list[int]] = [[] for _ in sources]
+    for t, si in enumerate(order, start=1):
+        positions[si].append(t)
+    tests = [
+        TestInput(s.model, s.probes.kind, s.probes.null, (True,) * len(p), tuple(p), len(s.indices))
+        for s, p in zip(sources, positions, strict=True)
+    ]
+    names = models if models is not None else [s.model for s in sources]
+    st = compute_statistics(tests, alpha=alpha, mode="sequential", models=names)
+    reached = [m.reached_at for m in st.models if m.reached_at is not None]
+    return min(reached, default=None)
 
 
 @dataclass(frozen=True)
@@ -128,11 +189,23 @@ class QueryPlan:
         batch_size: int,
         decoy_ratio: float = 1.0,
         seed: bytes | None = None,
+        first: int | None = None,
+        step: int | None = None,
     ) -> QueryPlan:
         """Draw up to ``budget`` probes round-robin over ``sources``, mix in decoys, batch.
 
+        Args:
+            sources: the probe sets and their unspent probes.
+            decoy_count: decoys to draw from (indices ``0..decoy_count - 1``).
+            budget: most probes to plan.
+            batch_size: most inputs (probes and decoys) per request.
+            decoy_ratio: decoys per probe.
+            seed: the plan's secret seed (default: fresh random bytes).
+            first: probes in the first decision group; ``None``: one group of all.
+            step: probes in each later group (default: ``first``).
+
         Raises:
-            InputError: no sources, no unspent probes, a bad budget or batch size.
+            InputError: no sources, no unspent probes, a bad budget, batch or group size.
         """
         if not sources:
             raise InputError("no probe sets to verify with", hint="register a model with a watermark")
@@ -144,26 +217,56 @@ class QueryPlan:
             raise InputError("decoy ratio must be >= 0")
         if decoy_ratio > 0 and decoy_count < 1:
             raise InputError("decoys were asked for but none were given")
+        if (first is not None and first < 1) or (step is not None and step < 1):
+            raise InputError("decision groups need at least one probe each")
         seed = seed if seed is not None else secrets.token_bytes(16)
         rng = np.random.default_rng(np.frombuffer(hashlib.sha256(seed).digest(), dtype=np.uint32))
         queues = [list(rng.permutation(np.asarray(s.indices, dtype=np.int64))) for s in sources]
         if not any(queues):
             raise InputError("every probe of the named models is already spent",
                              hint="commit a new watermark or fingerprint")
-        probes: list[PlanItem] = []
-        while len(probes) < budget and any(queues):
-            for si, q in enumerate(queues):
-                if q and len(probes) < budget:
-                    probes.append(PlanItem(si, int(q.pop(0))))
-        n_decoys = round(decoy_ratio * len(probes))
-        decoys = [PlanItem(DECOY, int(i)) for i in rng.integers(0, max(decoy_count, 1), n_decoys)]
-        items = probes + decoys
-        order = rng.permutation(len(items))
-        shuffled = [items[int(i)] for i in order]
-        batches = tuple(
-            tuple(shuffled[i : i + batch_size]) for i in range(0, len(shuffled), batch_size)
-        )
-        return cls(batches=batches, seed=seed)
+        probes = [PlanItem(si, int(queues[si].pop(0))) for si in _round_robin(queues, budget)]
+        sizes = [len(probes)] if first is None else _group_sizes(len(probes), first, step or first)
+        batches: list[tuple[PlanItem, ...]] = []
+        start = 0
+        for size in sizes:
+            group = probes[start : start + size]
+            start += size
+            n_decoys = round(decoy_ratio * len(group))
+            decoys = [PlanItem(DECOY, int(i)) for i in rng.integers(0, max(decoy_count, 1), n_decoys)]
+            items = group + decoys
+            shuffled = [items[int(i)] for i in rng.permutation(len(items))]
+            batches += [tuple(shuffled[i : i + batch_size]) for i in range(0, len(shuffled), batch_size)]
+        return cls(batches=tuple(batches), seed=seed)
+
+    @classmethod
+    def for_session(
+        cls,
+        sources: Sequence[ProbeSource],
+        *,
+        mode: Mode,
+        alpha: float,
+        models: Sequence[str] | None = None,
+        decoy_count: int,
+        budget: int,
+        batch_size: int,
+        decoy_ratio: float = 1.0,
+        seed: bytes | None = None,
+    ) -> QueryPlan:
+        """The plan ``wm verify`` uses: decision groups sized for the mode.
+
+        Sequential: a first group of :func:`first_decision` probes, then groups
+        of :data:`FOLLOW_UP_PROBES`. Fixed: one group (everything is sent anyway).
+
+        Raises:
+            InputError: as :meth:`build`.
+        """
+        first = step = None
+        if mode == "sequential":
+            step = FOLLOW_UP_PROBES
+            first = first_decision(sources, budget=budget, alpha=alpha, models=models) or step
+        return cls.build(sources, decoy_count=decoy_count, budget=budget, batch_size=batch_size,
+                         decoy_ratio=decoy_ratio, seed=seed, first=first, step=step)
 
     def to_json(self) -> list[list[list[int]]]:
         """``[[[source, index], ...], ...]`` per batch."""
@@ -214,9 +317,19 @@ def tests_from_records(
             null=null_from_dict(s["null"]),
             bits=tuple(b),
             positions=tuple(p),
+            population=_population(s.get("unspent")),
         )
         for s, b, p in zip(sources, bits, positions, strict=True)
     ]
+
+
+def _population(value: Any) -> int | None:
+    """A source's ``unspent`` count, checked (``None`` when absent: no futility rule)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(f"a source's unspent count must be a non-negative integer, got {value!r}")
+    return value
 
 
 def read_transcript(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -294,8 +407,11 @@ class VerificationSession:
         plan: the batches.
         transcript: path of the JSON Lines transcript.
         alpha: decision level.
-        mode: ``"sequential"`` (stop once alpha is reached) or ``"fixed"`` (send all).
+        mode: ``"sequential"`` (stop once alpha is reached or every model is
+            ruled out) or ``"fixed"`` (send all).
         models: every model named (for the multiple-testing correction).
+        futility: the early "not owned" rule of a sequential run (``None``: none;
+            a fixed run has none).
         spend: called as ``spend(source, indices)`` before a batch with those probes leaves.
         detection: what protocol detection found, when it ran already.
         header_extra: more fields for the transcript header.
@@ -312,6 +428,7 @@ class VerificationSession:
         alpha: float,
         mode: Mode = "sequential",
         models: Sequence[str] | None = None,
+        futility: Futility | None = DEFAULT_FUTILITY,
         spend: SpendFn | None = None,
         detection: Detection | None = None,
         header_extra: dict[str, Any] | None = None,
@@ -323,6 +440,7 @@ class VerificationSession:
         self.path = Path(transcript)
         self.alpha = alpha
         self.mode = mode
+        self.futility = futility if mode == "sequential" else None
         self.models = list(dict.fromkeys(models if models is not None else [s.model for s in sources]))
         self.spend = spend
         self.detection = detection
@@ -351,6 +469,7 @@ class VerificationSession:
             "suspect": {"url": self.client.url, "protocol": self.client.protocol, "detected": det},
             "alpha": self.alpha,
             "mode": self.mode,
+            "futility": None if self.futility is None else self.futility.to_dict(),
             "models": self.models,
             "sources": [s.describe() for s in self.sources],
             "decoys": {"count": int(self.decoys.shape[0]), "sha256": self._decoys_digest()},
@@ -394,7 +513,7 @@ class VerificationSession:
         session = cls(
             client, sources, decoys, plan, transcript,
             alpha=float(header["alpha"]), mode=header["mode"], models=header.get("models"),
-            spend=spend, detection=detection,
+            futility=Futility.from_dict(header.get("futility")), spend=spend, detection=detection,
         )
         if header.get("decoys", {}).get("sha256") != session._decoys_digest():
             raise InputError("--resume: the transcript was made with other decoys")
@@ -433,38 +552,53 @@ class VerificationSession:
     def _label(self, src: int, idx: int) -> int:
         return int(self.sources[src].probes.expected[idx])
 
+    def _descriptions(self) -> list[dict[str, Any]]:
+        """The sources as the transcript header describes them (their unspent count at plan time)."""
+        if self._header is not None:
+            return list(self._header["sources"])
+        return [s.describe() for s in self.sources]
+
+    def _statistics_of(self, records: Sequence[dict[str, Any]]) -> Statistics:
+        tests = tests_from_records(self._descriptions(), records, self._label)
+        return compute_statistics(tests, alpha=self.alpha, mode=self.mode, models=self.models,
+                                  futility=self.futility)
+
     def statistics(self) -> Statistics:
         """The statistics over the batches answered so far, in plan order."""
-        records = [self._done[b] for b in sorted(self._done)]
-        tests = tests_from_records([s.describe() for s in self.sources], records, self._label)
-        return compute_statistics(tests, alpha=self.alpha, mode=self.mode, models=self.models)
+        return self._statistics_of([self._done[b] for b in sorted(self._done)])
 
-    def _would_reach(self, in_flight: Sequence[int]) -> bool:
-        """Whether the batches in flight could reach alpha if every probe in them matched.
+    def _could_decide(self, in_flight: Sequence[int]) -> bool:
+        """Whether some answers to the batches in flight would already decide the run.
 
-        Keeps the look-ahead of a sequential run to what it may need, so that
-        an exact copy is not sent batches after the evidence already suffices.
+        The evidence for "owned" grows with every match and the evidence of
+        the futility rule with every mismatch, so it suffices to try the two
+        extremes: every probe in flight matching, and none. If neither decides,
+        no answer does, and the next batch is needed whatever comes back; if
+        one might, the next batch waits, so that no probe is spent for nothing.
         """
         if self.mode != "sequential" or not in_flight:
             return False
-        hypothetical = {
-            b: {
-                "type": "query",
-                "items": [[it.source, it.index, ""] for it in self.plan.batches[b]],
-                "labels": [
-                    0 if it.source == DECOY else self._label(it.source, it.index)
-                    for it in self.plan.batches[b]
-                ],
+        classes = self.sources[0].probes.num_classes
+        for match in (True, False):
+            hypothetical = {
+                b: {
+                    "type": "query",
+                    "items": [[it.source, it.index, ""] for it in self.plan.batches[b]],
+                    "labels": [
+                        0 if it.source == DECOY
+                        else (self._label(it.source, it.index) + (0 if match else 1)) % classes
+                        for it in self.plan.batches[b]
+                    ],
+                }
+                for b in in_flight
             }
-            for b in in_flight
-        }
-        records = [{**self._done, **hypothetical}[b] for b in sorted({*self._done, *hypothetical})]
-        tests = tests_from_records([s.describe() for s in self.sources], records, self._label)
-        stats = compute_statistics(tests, alpha=self.alpha, mode=self.mode, models=self.models)
-        return stats.verdict == "owned"
+            merged = {**self._done, **hypothetical}
+            if _decided(self._statistics_of([merged[b] for b in sorted(merged)])):
+                return True
+        return False
 
     def _reached(self) -> bool:
-        return self.mode == "sequential" and self.statistics().verdict == "owned"
+        return self.mode == "sequential" and _decided(self.statistics())
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> SessionResult:
         """Send the unanswered batches (stopping early in sequential mode); the result.
@@ -506,7 +640,7 @@ class VerificationSession:
                     not stopped
                     and pending
                     and len(in_flight) < self.client.settings.concurrency
-                    and not self._would_reach([b for b, _, _ in in_flight])
+                    and not self._could_decide([b for b, _, _ in in_flight])
                 ):
                     submit()
 
@@ -529,7 +663,9 @@ class VerificationSession:
                     fill()
         if error is not None:
             raise error
-        reason = "alpha reached" if stopped else "plan completed"
+        reason = "plan completed"
+        if stopped:
+            reason = "alpha reached" if self.statistics().verdict == "owned" else "ruled out"
         self._write({"type": "end", "time": _now(), "reason": reason})
         records = [self._done[b] for b in sorted(self._done)]
         sent: dict[int, list[int]] = {}
@@ -551,6 +687,11 @@ class VerificationSession:
     def header(self) -> dict[str, Any] | None:
         """The transcript header, once written or read."""
         return self._header
+
+
+def _decided(st: Statistics) -> bool:
+    """A sequential run stops when ownership is established or every model is ruled out."""
+    return st.verdict == "owned" or st.ruled_out_at is not None
 
 
 def public_header(header: dict[str, Any]) -> dict[str, Any]:

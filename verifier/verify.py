@@ -78,6 +78,7 @@ class VerifyOutcome:
             "decoys": self.result.decoys,
             "requests": self.result.requests,
             "stopped_early": self.result.stopped_early,
+            "futility": st.to_dict()["futility"],
             "protocol": self.detection.protocol,
             "detected": self.detection.detail,
             "tests": [t.to_dict() for t in st.tests],
@@ -205,8 +206,9 @@ def verify_suspect(
                 options.resume, client, sources, decoys, spend=spend, detection=detection
             )
         else:
-            plan = QueryPlan.build(
-                sources, decoy_count=int(decoys.shape[0]), budget=options.budget,
+            plan = QueryPlan.for_session(
+                sources, mode=options.mode, alpha=options.alpha, models=models,
+                decoy_count=int(decoys.shape[0]), budget=options.budget,
                 batch_size=min(options.batch_size, client.max_batch or options.batch_size),
                 decoy_ratio=options.decoy_ratio,
             )

@@ -129,18 +129,37 @@ def test_copy_is_owned_early_and_transcript_is_complete(
         assert len(r["request_sha256"]) == 64 and r["status"] == 200 and r["latency_s"] > 0
 
 
-def test_stranger_is_not_owned_and_spends_the_budget(
+def test_stranger_without_a_futility_rule_spends_the_budget(
     stranger_server: BackgroundServer, probes: ProbeSet, decoys: torch.Tensor, tmp_path: Path
 ) -> None:
     src = [ProbeSource("m", probes, tuple(range(60)))]
     plan = QueryPlan.build(src, decoy_count=len(decoys), budget=50, batch_size=10)
     with _client(stranger_server) as client:
         result = VerificationSession(client, src, decoys, plan, tmp_path / "t.jsonl",
-                                     alpha=1e-6).run()
-    assert result.statistics.verdict == "not_owned"
+                                     alpha=1e-6, futility=None).run()
+    assert result.statistics.verdict == "not_owned" and result.statistics.ruled_out_at is None
     assert result.statistics.probes == 50 and result.requests == len(plan.batches)
     zero = sum(int(probes.expected[i]) == 0 for i in result.sent[0])  # the stranger answers 0
     assert result.statistics.tests[0].matches == zero
+
+
+def test_stranger_is_ruled_out_early_and_sent_no_probe_more_than_needed(
+    stranger_server: BackgroundServer, probes: ProbeSet, decoys: torch.Tensor, tmp_path: Path
+) -> None:
+    src = [ProbeSource("m", probes, tuple(range(60)))]
+    plan = QueryPlan.for_session(src, mode="sequential", alpha=1e-6, decoy_count=len(decoys),
+                                 budget=50, batch_size=4)
+    path = tmp_path / "t.jsonl"
+    with _client(stranger_server, concurrency=4) as client:
+        result = VerificationSession(client, src, decoys, plan, path, alpha=1e-6).run()
+    st = result.statistics
+    assert st.verdict == "not_owned" and st.ruled_out_at is not None and result.stopped_early
+    assert st.futility is not None and st.to_dict()["futility"]["error"] == st.futility.error
+    # despite 4 requests allowed in flight, nothing was sent after the rule could have fired
+    assert st.probes == st.ruled_out_at or st.probes - st.ruled_out_at < 4
+    header, records = read_transcript(path)
+    assert header["futility"] == st.futility.to_dict() and header["sources"][0]["unspent"] == 60
+    assert records[-1]["reason"] == "ruled out"
 
 
 def test_resume_continues_without_repeating_a_query(
