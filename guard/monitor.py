@@ -57,38 +57,67 @@ class ClientReport:
 class PradaState:
     """PRADA's state for one client.
 
+    Per class, the growing set is a preallocated float64 buffer with the
+    squared norm of each row, so a query's minimum distance is one
+    matrix-vector product (``|g|^2 - 2 g.v + |v|^2``, in float64 so that
+    near-duplicates, PRADA's signal, keep their small distances) instead of a
+    fresh ``[rows, D]`` difference array; the threshold's mean and standard
+    deviation are kept as running sums.
+
     Args:
         max_growing: most queries kept per class in the growing set (memory bound).
         max_distances: most recent minimum distances kept for the test.
     """
 
     def __init__(self, max_growing: int = 2048, max_distances: int = 5000) -> None:
-        self.growing: dict[int, np.ndarray] = {}
-        self.class_distances: dict[int, list[float]] = {}
-        self.distances: list[float] = []
-        self.queries = 0
         self.max_growing = max_growing
         self.max_distances = max_distances
+        self._rows: dict[int, np.ndarray] = {}
+        self._norms: dict[int, np.ndarray] = {}
+        self._size: dict[int, int] = {}
+        self._joined: dict[int, tuple[int, float, float]] = {}  # count, sum, sum of squares
+        self.distances: deque[float] = deque(maxlen=max_distances)
+        self.queries = 0
         self.last_seen = 0.0
+
+    def _join(self, label: int, v: np.ndarray, norm: float) -> None:
+        n = self._size[label]
+        rows = self._rows[label]
+        if n == rows.shape[0]:
+            grown = np.empty((min(2 * n, self.max_growing), rows.shape[1]))
+            grown[:n] = rows
+            self._rows[label] = rows = grown
+            norms = np.empty(grown.shape[0])
+            norms[:n] = self._norms[label][:n]
+            self._norms[label] = norms
+        rows[n] = v
+        self._norms[label][n] = norm
+        self._size[label] = n + 1
 
     def observe(self, x: np.ndarray, label: int) -> float | None:
         """Add one query (flattened) with its predicted class; its minimum distance, if any."""
         self.queries += 1
-        v = np.asarray(x, dtype=np.float32).reshape(-1)
-        g = self.growing.get(label)
-        if g is None:
-            self.growing[label] = v[None, :]
-            self.class_distances[label] = []
+        v = np.asarray(x, dtype=np.float64).reshape(-1)
+        norm = float(v @ v)
+        if label not in self._rows:
+            self._rows[label] = np.empty((min(8, self.max_growing), v.size))
+            self._norms[label] = np.empty(self._rows[label].shape[0])
+            self._size[label] = 0
+            self._joined[label] = (0, 0.0, 0.0)
+            self._join(label, v, norm)
             return None
-        d = float(np.sqrt(((g - v) ** 2).sum(axis=1)).min())
+        n = self._size[label]
+        squared = self._norms[label][:n] - 2.0 * (self._rows[label][:n] @ v) + norm
+        d = float(np.sqrt(max(float(squared.min()), 0.0)))
         self.distances.append(d)
-        if len(self.distances) > self.max_distances:
-            del self.distances[: len(self.distances) - self.max_distances]
-        dc = self.class_distances[label]
-        threshold = max(0.0, float(np.mean(dc) - np.std(dc))) if dc else 0.0
-        if d > threshold and g.shape[0] < self.max_growing:
-            self.growing[label] = np.vstack([g, v[None, :]])
-            dc.append(d)
+        count, total, total_sq = self._joined[label]
+        threshold = 0.0
+        if count:
+            mean = total / count
+            threshold = max(0.0, mean - float(np.sqrt(max(total_sq / count - mean * mean, 0.0))))
+        if d > threshold and n < self.max_growing:
+            self._join(label, v, norm)
+            self._joined[label] = (count + 1, total + d, total_sq + d * d)
         return d
 
     def test(self, delta: float) -> tuple[float | None, float | None, bool]:
@@ -102,7 +131,6 @@ class PradaState:
             warnings.simplefilter("ignore")  # scipy warns that p is approximate for n > 5000
             w, p = stats.shapiro(d)
         return float(w), float(p), bool(w < delta)
-
 
 class ExtractionMonitor:
     """PRADA for every client of one guard, fed from the request path through a queue.

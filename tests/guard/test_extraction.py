@@ -111,3 +111,30 @@ def test_prada_flags_noisy_copies_not_natural_queries(delta: float) -> None:
     reports = {r.client: r for r in monitor.reports()}
     assert reports["attacker"].flagged and not reports["benign"].flagged
     assert reports["few"].shapiro_w is None and not reports["few"].flagged
+
+
+def test_prada_distances_match_a_brute_force_reference() -> None:
+    """The fast growing sets (one matrix-vector product per query) keep PRADA's exact rule."""
+    from guard.monitor import PradaState
+
+    x = digits_queries(None, noisy_copies=1)
+    labels = np.concatenate([load_digits().attacker_pool.y.numpy()] * 2)
+    order = np.random.default_rng(3).permutation(len(x))
+    state = PradaState(max_growing=10)
+    growing: dict[int, list[np.ndarray]] = {}
+    joined: dict[int, list[float]] = {}
+    for i in order:
+        v, c = x[i].reshape(-1).astype(np.float64), int(labels[i])
+        got = state.observe(x[i], c)
+        if c not in growing:
+            assert got is None
+            growing[c], joined[c] = [v], []
+            continue
+        want = min(float(np.sqrt(((g - v) ** 2).sum())) for g in growing[c])
+        assert got == pytest.approx(want, abs=1e-9)
+        dc = joined[c]
+        threshold = max(0.0, float(np.mean(dc) - np.std(dc))) if dc else 0.0
+        if want > threshold and len(growing[c]) < 10:
+            growing[c].append(v)
+            dc.append(want)
+    assert any(len(g) == 10 for g in growing.values())  # the cap was reached and held
