@@ -144,13 +144,16 @@ def audit_log(obj: Context, as_json: bool) -> None:
     default=None,
     help="A checkpoint saved earlier (`wm audit checkpoint --out`): the log must still extend it.",
 )
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes that verify signatures alongside (helps on idle cores, large logs).")
 @click.pass_obj
-def audit_verify(obj: Context, tsa_ca: Path | None, since: Path | None) -> None:
+def audit_verify(obj: Context, tsa_ca: Path | None, since: Path | None, workers: int) -> None:
     """Recompute every leaf, node, root, signature and checkpoint (exit 1 naming the first fault)."""
     saved = _read_text(since, "checkpoint") if since is not None else None
+    ca = tsa_ca.read_bytes() if tsa_ca else None
     with Registry.open(obj.registry_url, create=False) as reg:
         try:
-            report = reg.verify_log(tsa_ca_pem=tsa_ca.read_bytes() if tsa_ca else None, since=saved)
+            report = reg.verify_log(tsa_ca_pem=ca, since=saved, workers=workers)
         except IntegrityError as exc:
             click.echo(f"wm: audit verify: FAILED: {exc}", err=True)
             sys.exit(1)

@@ -19,12 +19,65 @@ from core.errors import InputError
 __all__ = ["b64d", "b64e", "canonical_json", "parse_json"]
 
 
+_SAFE_INT = 2**53 - 1  # RFC 8785 section 3.2.2.3: integers beyond this are IEEE 754 doubles
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``json.dumps`` writes ``value`` exactly as RFC 8785 does.
+
+    True for JSON built of strings, booleans, null, integers within 2**53 and
+    objects whose keys lie in the Basic Multilingual Plane (sorting by code
+    point then equals RFC 8785's sorting by UTF-16 code unit); string escaping
+    is the same in both (every code point was compared). Floats and anything
+    else take the reference encoder.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if -_SAFE_INT <= v <= _SAFE_INT:
+                continue
+            return False
+        if t is dict:
+            for k, x in v.items():
+                if type(k) is not str or not (k.isascii() or all(ord(c) < 0x10000 for c in k)):
+                    return False
+                stack.append(x)
+            continue
+        if t is list or t is tuple:
+            stack.extend(v)
+            continue
+        return False
+    return True
+
+
 def canonical_json(value: Any) -> bytes:
-    """The RFC 8785 canonical UTF-8 encoding of ``value``."""
+    """The RFC 8785 canonical UTF-8 encoding of ``value``.
+
+    Plain values (see :func:`_plain`) are written by the C JSON encoder, which
+    gives the same bytes several times faster (the registry's audit hashes and
+    checks every entry this way); the rest by the reference encoder.
+    """
+    if _plain(value):
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the reference encoder decides
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise InputError(f"value cannot be canonically encoded as JSON: {exc}") from exc
+
+
+class _ConstantError(ValueError):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    raise _ConstantError(name)
 
 
 def parse_json(data: bytes | str, *, what: str) -> Any:
@@ -35,12 +88,6 @@ def parse_json(data: bytes | str, *, what: str) -> Any:
             non-standard constants Python's parser would accept, else
             ``"{what} is not valid JSON: ..."``.
     """
-
-    class _ConstantError(ValueError):
-        pass
-
-    def _no_constants(name: str) -> Any:
-        raise _ConstantError(name)
 
     try:
         return json.loads(data, parse_constant=_no_constants)

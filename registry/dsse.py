@@ -89,6 +89,7 @@ def verify_envelope(
     public_key: Ed25519PublicKey,
     *,
     payload_type: str | None = None,
+    key_id: str | None = None,
 ) -> dict[str, Any]:
     """Check an envelope's signature by ``public_key``; return its payload.
 
@@ -96,6 +97,7 @@ def verify_envelope(
         envelope: the DSSE JSON envelope.
         public_key: the signer's Ed25519 public key; a signature with its key id must verify.
         payload_type: when given, the envelope's type must be exactly this.
+        key_id: ``public_key``'s key id when the caller knows it (saves hashing it again).
 
     Raises:
         IntegrityError: malformed envelope, wrong type, no signature by that key, a
@@ -104,7 +106,7 @@ def verify_envelope(
     ptype, body, sigs = _fields(envelope)
     if payload_type is not None and ptype != payload_type:
         raise IntegrityError(f"envelope has payload type {ptype!r}, expected {payload_type!r}")
-    kid = key_id_of(public_key)
+    kid = key_id if key_id is not None else key_id_of(public_key)
     mine = [s for s in sigs if isinstance(s, Mapping) and s.get("keyid") == kid]
     if not mine:
         raise IntegrityError(f"envelope has no signature by key {kid[:16]}")

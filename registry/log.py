@@ -117,6 +117,10 @@ class Registry(LogStore):
     def append(self, owner_key: OwnerKey, payload_type: str, payload: dict[str, Any]) -> int:
         """Append a generic signed record (for example the guard's); its entry index.
 
+        On PostgreSQL the record is queued and appended together with the other
+        queued records of its owner (:mod:`registry.sequencer`); on SQLite
+        (one file, cheap commits) writers take turns on the file lock.
+
         Args:
             owner_key: signs the entry.
             payload_type: a media type such as ``application/vnd.wm.guard+json``; the
@@ -124,6 +128,10 @@ class Registry(LogStore):
             payload: any JSON object (RFC 8785 encodable).
         """
         _check_generic(payload_type, [payload])
+        if self._pg:  # batched with other writers' (registry.sequencer)
+            from registry.sequencer import append_queued
+
+            return append_queued(self, owner_key, payload_type, payload)
         with self._writing() as s:
             self._ensure_owner(s, owner_key)
             return self._append(s, owner_key, payload_type, payload)
@@ -437,11 +445,13 @@ class Registry(LogStore):
             owner_key, sealed, {"purpose": "watermark-key", "model": model.name, "root": root.hex()}
         )
 
-    def verify_log(self, *, tsa_ca_pem: bytes | None = None, since: str | None = None) -> LogReport:
+    def verify_log(
+        self, *, tsa_ca_pem: bytes | None = None, since: str | None = None, workers: int = 1
+    ) -> LogReport:
         """Audit the whole log (:func:`registry.audit.verify_log`); raise on the first fault."""
         from registry.audit import verify_log
 
-        return verify_log(self, tsa_ca_pem=tsa_ca_pem, since=since)
+        return verify_log(self, tsa_ca_pem=tsa_ca_pem, since=since, workers=workers)
 
 
 def _model_info(r: ModelRow) -> ModelInfo:

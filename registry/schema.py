@@ -2,7 +2,8 @@
 
 ``log_entries`` is the append-only log: one row per signed record, the leaves
 of the RFC 6962 tree; ``merkle_nodes`` keeps the tree's interior nodes.
-``log_head`` is the only mutable table (the tree size, its
+``log_head`` (and the queue of records waiting to be appended,
+``append_queue``) are the only mutable tables (the tree size, its
 right-edge subtree hashes and the origin line); every other table is insert-only,
 enforced by database triggers (see ``registry/migrations``). The record tables
 (owners, models, probe sets, spends, verifications) index what the log says, so
@@ -25,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "APPEND_ONLY_TABLES",
     "NAMING_CONVENTION",
+    "AppendQueueRow",
     "Base",
     "CheckpointRow",
     "LogEntryRow",
@@ -188,6 +190,25 @@ class CheckpointRow(Base):
     signer_key_id: Mapped[str] = mapped_column(ForeignKey("owners.key_id"))
     note: Mapped[str] = mapped_column(Text)
     tsa_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class AppendQueueRow(Base):
+    """A record waiting to be appended by whichever writer holds the log next (PostgreSQL).
+
+    Not part of the log: a writer queues its record here, authenticated with a
+    MAC under a key derived from its owner key, then the writer that holds the
+    log head appends every queued record of that owner in one transaction and
+    writes each one's index back. Rows are removed by the writer that queued them.
+    """
+
+    __tablename__ = "append_queue"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(64), index=True)
+    payload_type: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON of the record
+    mac: Mapped[bytes] = mapped_column(LargeBinary(32))
+    idx: Mapped[int | None] = mapped_column(Integer)  # its log index once appended; -1 if refused
 
 
 APPEND_ONLY_TABLES: tuple[str, ...] = (

@@ -116,6 +116,13 @@ class LogStore:
     @contextmanager
     def _writing(self) -> Iterator[Session]:
         """One writer transaction; appends are serialised by the lock it takes first."""
+        with self._writer_session(wait=True) as (s, _):
+            yield s
+
+    @contextmanager
+    def _writer_session(self, *, wait: bool) -> Iterator[tuple[Session, bool]]:
+        """A writer transaction and whether it holds the log head (always, unless ``wait=False``
+        on PostgreSQL finds another writer holding it)."""
         try:
             with (
                 self._lock.held() if self._lock is not None else nullcontext(),
@@ -124,8 +131,12 @@ class LogStore:
             ):
                 # PostgreSQL: the row lock on the head serialises writers (SQLite: BEGIN
                 # IMMEDIATE), so every check-then-insert in the transaction is race-free.
-                s.get(LogHead, 1, with_for_update=self._pg)
-                yield s
+                if self._pg and not wait:
+                    q = select(LogHead).where(LogHead.id == 1).with_for_update(skip_locked=True)
+                    held = s.scalar(q) is not None
+                else:
+                    held = s.get(LogHead, 1, with_for_update=self._pg) is not None
+                yield s, held
             self._owners.update(s.info.get("owners", {}))  # only once committed
         except SqlIntegrityError as exc:
             raise RegistryError(f"registry refused the write: {db_reason(exc)}") from exc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.canonical import b64d, canonical_json, parse_json
 from core.errors import InputError
@@ -31,3 +33,25 @@ def test_refusals() -> None:
         parse_json(b'{"x": ', what="bundle")
     with pytest.raises(InputError, match="salt is not valid base64"):
         b64d("***", what="salt")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json)
+def test_fast_path_gives_the_reference_bytes(value: object) -> None:
+    import rfc8785
+
+    try:
+        want = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+        with pytest.raises(InputError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == want

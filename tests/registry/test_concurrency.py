@@ -59,3 +59,27 @@ def test_eight_processes_two_hundred_appends_each(db_url: str, tmp_path: Path) -
                 assert a.root == b.root
         report = reg.verify_log()
         assert report.size == 1 + WORKERS * APPENDS and report.checkpoints == len(cps)
+
+
+def test_a_forged_queued_record_is_never_signed(pg_schema_url: str) -> None:
+    """Whoever can write the database queues a record under the owner's key id: it is refused."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from sqlalchemy import create_engine, text
+
+    from registry import OwnerKey
+
+    key = OwnerKey("alice", Ed25519PrivateKey.generate())
+    with Registry.open(pg_schema_url) as reg:
+        reg.add_owner(key)
+        engine = create_engine(pg_schema_url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO append_queue (key_id, payload_type, payload, mac) "
+                              "VALUES (:k, :t, :p, :m)"),
+                         {"k": key.key_id, "t": PAYLOAD_TYPE, "p": b'{"forged":true}', "m": b"\0" * 32})
+        index = reg.append(key, PAYLOAD_TYPE, {"honest": True})
+        with engine.begin() as conn:
+            refused = conn.execute(text("SELECT idx FROM append_queue")).scalars().all()
+        engine.dispose()
+        assert refused == [-1]
+        assert [e.record for e in reg.entries(payload_type=PAYLOAD_TYPE)] == [{"honest": True}]
+        assert index == 1 and reg.verify_log().size == 2

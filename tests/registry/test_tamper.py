@@ -199,3 +199,22 @@ def test_tampering_is_found_and_named(
     assert err.startswith("wm: audit verify: FAILED: ")
     assert err.count("\n") == 1
     assert re.search(message, err), err
+
+
+PARALLEL = [c for c in CASES if c[0] in (flip_payload_byte, insert_forged_in_middle, replace_signature)]
+
+
+@pytest.mark.parametrize(("tamper", "message"), PARALLEL, ids=[c[0].__name__ for c in PARALLEL])
+def test_signature_workers_find_the_same_faults(
+    populated: str, tamper: Callable[[Connection], None], message: str
+) -> None:
+    """Signatures checked by worker processes: same verdicts, same messages."""
+    res = CliRunner().invoke(wm, ["--registry", populated, "audit", "verify", "--workers", "2"])
+    assert res.exit_code == 0 and res.stdout.startswith("ok: 10 entries, root "), res.output
+    engine = create_engine(populated)
+    with engine.begin() as conn:
+        drop_triggers(conn)
+        tamper(conn)
+    engine.dispose()
+    res = CliRunner().invoke(wm, ["--registry", populated, "audit", "verify", "--workers", "2"])
+    assert res.exit_code == 1 and re.search(message, res.stderr), res.output
