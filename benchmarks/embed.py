@@ -1,109 +1,176 @@
 """Embedding cost: clean vs watermarked training of the same architecture, side by side.
 
-For each seed, a clean model and one watermarked model per scheme are trained
-on ``digits`` with the same architecture, epochs, initialisation and batch
-order, interleaved so that machine noise hits both alike; each wall time is
-the fastest of ``--repeats`` runs (training is deterministic). Reported, as the
-mean over seeds: clean test accuracy of each, watermark accuracy of the marked
-model and of the clean model (chance is 1/C), and the time ratio marked /
-clean, in process CPU time (training runs on one thread, so this is the
-figure other work on a shared machine does not distort) and in wall time.
+For each seed, one clean model and one watermarked model per scheme are
+trained with the same architecture, epochs, batch size, initialisation and
+batch order (:func:`core.training.default_recipe` unless overridden). They
+advance in turn, one epoch each (:func:`core.training.training_epochs`), so
+that whatever else the machine is doing hits them alike; each epoch's process
+CPU time and wall time are summed per model. Reported, as the mean over seeds:
+clean test accuracy of each, watermark accuracy of the marked model and of
+the clean model (chance is 1/C), and the time ratio marked / clean, in
+process CPU time (training runs on one thread, so this is the figure other
+work on a shared machine distorts least) and in wall time.
 
-Run: ``python -m benchmarks.embed [--seeds 3] [--epochs 30]``; writes
-``benchmarks/results/embed.md``.
+Run: ``python -m benchmarks.embed [--data digits|fashion-mnist] [--seeds N]
+[--schemes trigger-set,content,...]``; writes ``benchmarks/results/embed-DATA.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from core.arch import build_model
-from core.data import load_digits
+from core.data import BUILTIN, Dataset, Splits, load_data
 from core.probeset import ProbeSet
-from core.training import accuracy, train_classifier
+from core.training import Recipe, accuracy, default_recipe, training_epochs
 from watermark import WatermarkHook, WatermarkKey, parse_scheme
 
-DEFAULT = ("trigger-set", 6)
-SCHEMES = [DEFAULT, ("trigger-set:pattern=abstract", 12), ("content", 12), ("noise", 12),
-           ("unrelated", 12)]
+# (scheme, probes mixed into each batch): the default, and Zhang et al.'s in-distribution marks,
+# which need more of them to be learnt.
+SCHEMES = {"trigger-set": 6, "trigger-set:pattern=abstract": 12, "content": 12, "noise": 12,
+           "unrelated": 12}
 
 
-def _train(
-    arch: str, seed: int, epochs: int, probes: ProbeSet | None, per_batch: int, repeats: int
-) -> tuple[torch.nn.Module, float, float]:
-    """Train ``repeats`` times (training is deterministic); the fastest CPU and wall times."""
-    splits = load_digits()
-    best_cpu = best_wall = float("inf")
-    model: torch.nn.Module | None = None
-    for _ in range(repeats):
-        torch.manual_seed(seed)
-        model = build_model(arch, splits.input_shape, splits.num_classes)
-        hook = WatermarkHook(probes, per_batch) if probes is not None else None
+@dataclass
+class Run:
+    """One model's training, advanced an epoch at a time, with its summed times."""
+
+    model: nn.Module
+    epochs: Iterator[float]
+    cpu: float = 0.0
+    wall: float = 0.0
+
+    def step(self) -> None:
         c0, w0 = time.process_time(), time.perf_counter()
-        train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed, hook=hook)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-        best_wall = min(best_wall, time.perf_counter() - w0)
-    assert model is not None
-    return model, best_cpu, best_wall
+        next(self.epochs)
+        self.cpu += time.process_time() - c0
+        self.wall += time.perf_counter() - w0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--arch", default="cnn")
-    ap.add_argument("--repeats", type=int, default=5, help="timing: fastest of this many runs")
-    ap.add_argument("--out", default="benchmarks/results/embed.md")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    splits = load_digits()
-    rows: dict[str, dict[str, list[float]]] = {}
-    for seed in range(args.seeds):
+@dataclass
+class Figures:
+    """Per-seed figures of one scheme."""
+
+    clean_acc: list[float] = field(default_factory=list)
+    marked_acc: list[float] = field(default_factory=list)
+    wm_marked: list[float] = field(default_factory=list)
+    wm_clean: list[float] = field(default_factory=list)
+    cpu_ratio: list[float] = field(default_factory=list)
+    wall_ratio: list[float] = field(default_factory=list)
+
+
+def _run(splits: Splits, recipe: Recipe, seed: int, probes: ProbeSet | None, per_batch: int) -> Run:
+    torch.manual_seed(seed)
+    model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
+    hook = WatermarkHook(probes, per_batch) if probes is not None else None
+    steps = training_epochs(model, splits.train.x, splits.train.y, epochs=recipe.epochs, seed=seed,
+                            batch_size=recipe.batch_size, hook=hook)
+    return Run(model, steps)
+
+
+def _warm_up(splits: Splits, recipe: Recipe) -> None:
+    """One untimed epoch on a slice, so that torch's one-off start-up costs fall on no measured run."""
+    part = Splits(splits.name, Dataset(splits.train.x[:512], splits.train.y[:512], splits.num_classes),
+                  splits.test, None, splits.num_classes)
+    for _ in _run(part, Recipe(recipe.arch, 1, recipe.batch_size), 0, None, 0).epochs:
+        pass
+
+
+def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str]) -> dict[str, Figures]:
+    """Train and measure; the figures per scheme name (with its ``per_batch``)."""
+    _warm_up(splits, recipe)
+    rows: dict[str, Figures] = {}
+    for seed in range(seeds):
         key = WatermarkKey(bytes([seed + 1]) * 32)
-        for spec, per_batch in SCHEMES:
+        marked: dict[str, tuple[ProbeSet, Run]] = {}
+        for spec in schemes:
             scheme = parse_scheme(spec)
-            probes = scheme.probes(key, num_classes=10, input_shape=(1, 8, 8), data=splits.train)
-            clean, c_clean, w_clean = _train(args.arch, seed, args.epochs, None, 0, args.repeats)
-            marked, c_marked, w_marked = _train(args.arch, seed, args.epochs, probes, per_batch,
-                                                args.repeats)
-            r = rows.setdefault(f"{scheme.name} (per_batch={per_batch})", {k: [] for k in
-                                ("clean_acc", "marked_acc", "wm_marked", "wm_clean", "ratio", "wall")})
-            r["clean_acc"].append(accuracy(clean, splits.test.x, splits.test.y))
-            r["marked_acc"].append(accuracy(marked, splits.test.x, splits.test.y))
-            r["wm_marked"].append(accuracy(marked, probes.inputs, probes.expected))
-            r["wm_clean"].append(accuracy(clean, probes.inputs, probes.expected))
-            r["ratio"].append(c_marked / c_clean)
-            r["wall"].append(w_marked / w_clean)
-            print(f"seed {seed} {scheme.name}: clean {r['clean_acc'][-1]:.4f} marked "
-                  f"{r['marked_acc'][-1]:.4f} wm {r['wm_marked'][-1]:.2f} ratio {r['ratio'][-1]:.3f}",
+            probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
+                                   data=splits.train, input_range=splits.input_range)
+            marked[f"{scheme.name} (per_batch={SCHEMES[spec]})"] = (
+                probes, _run(splits, recipe, seed, probes, SCHEMES[spec]))
+        clean = _run(splits, recipe, seed, None, 0)
+        runs = [clean, *(run for _, run in marked.values())]
+        for epoch in range(recipe.epochs):
+            for run in runs if epoch % 2 == 0 else runs[::-1]:  # neither always goes first
+                run.step()
+            print(f"seed {seed} epoch {epoch + 1}/{recipe.epochs}: clean {clean.cpu:.0f} s CPU, "
+                  + ", ".join(f"{n.split(':')[0]} {r.cpu:.0f} s" for n, (_, r) in marked.items()),
                   flush=True)
+        clean_acc = accuracy(clean.model, splits.test.x, splits.test.y)
+        for name, (probes, run) in marked.items():
+            f = rows.setdefault(name, Figures())
+            f.clean_acc.append(clean_acc)
+            f.marked_acc.append(accuracy(run.model, splits.test.x, splits.test.y))
+            f.wm_marked.append(accuracy(run.model, probes.inputs, probes.expected))
+            f.wm_clean.append(accuracy(clean.model, probes.inputs, probes.expected))
+            f.cpu_ratio.append(run.cpu / clean.cpu)
+            f.wall_ratio.append(run.wall / clean.wall)
+            print(f"seed {seed} {name}: clean {clean_acc:.4f} marked {f.marked_acc[-1]:.4f} "
+                  f"wm {f.wm_marked[-1]:.3f} CPU ratio {f.cpu_ratio[-1]:.3f}", flush=True)
+    return rows
+
+
+def render(rows: dict[str, Figures], splits: Splits, recipe: Recipe, seeds: int, load: str) -> str:
+    """The markdown table."""
     lines = [
-        f"Embedding cost on digits, {args.arch}, {args.epochs} epochs, batch 64, mean of "
-        f"{args.seeds} seeds; time = fastest of {args.repeats} runs each, clean and marked "
-        f"interleaved; training is single-threaded, so process CPU time is the figure that "
-        f"other work on the machine does not distort (`python -m benchmarks.embed`; {platform.machine()}, "
-        f"torch {torch.__version__}, 1 thread).",
+        f"Embedding cost on {splits.name} ({len(splits.train)} training images), `{recipe.arch}`, "
+        f"{recipe.epochs} epochs of {recipe.batch_size}, mean of {seeds} seed(s); clean and marked "
+        f"models advance one epoch each in turn (alternating which goes first) after an untimed "
+        f"warm-up; times summed over epochs, on one thread "
+        f"(`python -m benchmarks.embed --data {splits.name}`; {platform.machine()}, "
+        f"torch {torch.__version__}; load average {load}).",
         "",
         "| scheme | clean acc (clean model) | clean acc (marked) | drop (pp) | wm acc (marked) "
         "| wm acc (clean model) | CPU-time ratio marked/clean | wall-time ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in rows.items():
-        m = {k: float(np.mean(v)) for k, v in r.items()}
+    for name, f in rows.items():
+        m = {k: float(np.mean(v)) for k, v in vars(f).items()}
         lines.append(
             f"| {name} | {m['clean_acc']:.4f} | {m['marked_acc']:.4f} | "
             f"{100 * (m['clean_acc'] - m['marked_acc']):+.2f} | {m['wm_marked']:.4f} | "
-            f"{m['wm_clean']:.4f} | {m['ratio']:.3f} | {m['wall']:.3f} |"
+            f"{m['wm_clean']:.4f} | {m['cpu_ratio']:.3f} | {m['wall_ratio']:.3f} |"
         )
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="digits", choices=BUILTIN)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--schemes", default=",".join(SCHEMES),
+                    help=f"comma-separated, from {', '.join(SCHEMES)}")
+    ap.add_argument("--arch", default=None, help="default: the data's recipe")
+    ap.add_argument("--epochs", type=int, default=None, help="default: the data's recipe")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the data's recipe")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/embed-DATA.md")
+    args = ap.parse_args()
+    schemes = [s for s in args.schemes.split(",") if s]
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown:
+        ap.error(f"unknown scheme(s) {', '.join(unknown)}")
+    torch.set_num_threads(1)
+    splits = load_data(args.data)
+    base = default_recipe(splits)
+    recipe = Recipe(args.arch or base.arch, args.epochs or base.epochs, args.batch_size or base.batch_size)
+    load_before = os.getloadavg()[0]
+    rows = measure(splits, recipe, args.seeds, schemes)
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    text = render(rows, splits, recipe, args.seeds, load)
+    out = Path(args.out or f"benchmarks/results/embed-{splits.name}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
     print(text)
 
 
