@@ -1,15 +1,17 @@
 """Embedding cost: clean vs watermarked training of the same architecture, side by side.
 
 For each seed, one clean model and one watermarked model per scheme are
-trained with the same architecture, epochs, batch size, initialisation and
-batch order (:func:`core.training.default_recipe` unless overridden). They
-advance in turn, one epoch each (:func:`core.training.training_epochs`), so
-that whatever else the machine is doing hits them alike; each epoch's process
-CPU time and wall time are summed per model. Reported, as the mean over seeds:
-clean test accuracy of each, watermark accuracy of the marked model and of
-the clean model (chance is 1/C), and the time ratio marked / clean, in
-process CPU time (training runs on one thread, so this is the figure other
-work on a shared machine distorts least) and in wall time.
+trained with the same architecture, epochs, batch size, learning rate,
+initialisation and batch order (:func:`core.training.default_recipe` unless
+overridden). After an untimed warm-up epoch (torch's one-off start-up costs)
+they advance in turn, one epoch each (:func:`core.training.training_epochs`),
+alternating which goes first, so that whatever else the machine is doing hits
+them alike; each epoch's process CPU time and wall time are summed per model.
+Reported, as the mean over seeds: clean test accuracy of each, watermark
+accuracy of the marked model and of the clean model (chance is 1/C), and the
+time ratio marked / clean, in process CPU time (training runs on one thread,
+so this is the figure other work on a shared machine distorts least) and in
+wall time.
 
 Run: ``python -m benchmarks.embed [--data digits|fashion-mnist] [--seeds N]
 [--schemes trigger-set,content,...]``; writes ``benchmarks/results/embed-DATA.md``.
@@ -74,7 +76,8 @@ def _run(splits: Splits, recipe: Recipe, seed: int, probes: ProbeSet | None, per
     model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
     hook = WatermarkHook(probes, per_batch) if probes is not None else None
     steps = training_epochs(model, splits.train.x, splits.train.y, epochs=recipe.epochs, seed=seed,
-                            batch_size=recipe.batch_size, hook=hook)
+                            batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule,
+                            hook=hook)
     return Run(model, steps)
 
 
@@ -125,7 +128,8 @@ def render(rows: dict[str, Figures], splits: Splits, recipe: Recipe, seeds: int,
     """The markdown table."""
     lines = [
         f"Embedding cost on {splits.name} ({len(splits.train)} training images), `{recipe.arch}`, "
-        f"{recipe.epochs} epochs of {recipe.batch_size}, mean of {seeds} seed(s); clean and marked "
+        f"{recipe.epochs} epochs of {recipe.batch_size} ({recipe.schedule} lr {recipe.lr:g}), "
+        f"mean of {seeds} seed(s); clean and marked "
         f"models advance one epoch each in turn (alternating which goes first) after an untimed "
         f"warm-up; times summed over epochs, on one thread "
         f"(`python -m benchmarks.embed --data {splits.name}`; {platform.machine()}, "
@@ -163,7 +167,8 @@ def main() -> None:
     torch.set_num_threads(1)
     splits = load_data(args.data)
     base = default_recipe(splits)
-    recipe = Recipe(args.arch or base.arch, args.epochs or base.epochs, args.batch_size or base.batch_size)
+    recipe = Recipe(args.arch or base.arch, args.epochs or base.epochs, args.batch_size or base.batch_size,
+                    base.lr, base.schedule)
     load_before = os.getloadavg()[0]
     rows = measure(splits, recipe, args.seeds, schemes)
     load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"

@@ -88,7 +88,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
     model = build_model(arch, splits.input_shape, splits.num_classes)
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
-                         batch_size=batch_size, hook=hook, progress=progress)
+                         batch_size=batch_size, lr=recipe.lr, schedule=recipe.schedule, hook=hook,
+                         progress=progress)
     save_model(model, out_path, input_shape=splits.input_shape, num_classes=splits.num_classes,
                arch=arch, input_range=splits.input_range, data=splits.recorded_name)
     clean = accuracy(model, splits.test.x, splits.test.y)

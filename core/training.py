@@ -9,9 +9,10 @@ kind of task unless told otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ __all__ = [
     "FASHION_MNIST_RECIPE",
     "BatchHook",
     "Recipe",
+    "Schedule",
     "accuracy",
     "batches",
     "default_recipe",
@@ -44,17 +46,23 @@ class BatchHook(Protocol):
     def __call__(self, loader: Iterable[Batch]) -> Iterator[Batch]: ...
 
 
+Schedule = Literal["constant", "cosine"]
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How to train a model for a task: architecture, passes over the data, batch size."""
+    """How to train a model for a task: architecture, passes over the data, batch size, learning rate."""
 
     arch: str
     epochs: int
     batch_size: int
+    lr: float = 3e-3
+    schedule: Schedule = "constant"
 
 
-FASHION_MNIST_RECIPE = Recipe("convnet", 10, 128)
-"""``convnet``, 10 epochs of 128: above 91% test accuracy (benchmarks/README.md, "Models")."""
+FASHION_MNIST_RECIPE = Recipe("convnet", 10, 128, lr=3e-3, schedule="cosine")
+"""``convnet``, 10 epochs of 128, Adam 3e-3 with cosine decay: above 91% test accuracy
+(benchmarks/README.md, "Models")."""
 
 
 def default_recipe(splits: Splits) -> Recipe:
@@ -90,6 +98,7 @@ def training_epochs(
     lr: float = 3e-3,
     weight_decay: float = 0.0,
     hook: BatchHook | None = None,
+    schedule: Schedule = "constant",
 ) -> Iterator[float]:
     """Train ``model`` with Adam on cross-entropy, one epoch per step of the iterator.
 
@@ -106,16 +115,22 @@ def training_epochs(
     soft = y.dtype.is_floating_point
     if soft and hook is not None:
         raise InputError("a batch hook mixes hard labels; it cannot be used with soft targets")
+    if schedule not in ("constant", "cosine"):
+        raise InputError(f"unknown learning-rate schedule {schedule!r}; use constant or cosine")
     return _epochs(model, x, y, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
-                   weight_decay=weight_decay, hook=hook)
+                   weight_decay=weight_decay, hook=hook, schedule=schedule)
 
 
 def _epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int,
-            batch_size: int, lr: float, weight_decay: float, hook: BatchHook | None) -> Iterator[float]:
+            batch_size: int, lr: float, weight_decay: float, hook: BatchHook | None,
+            schedule: Schedule) -> Iterator[float]:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if schedule == "cosine":  # Loshchilov & Hutter, SGDR (ICLR 2017), one cycle, per epoch
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))
         model.train()
         loader: Iterable[Batch] = batches(x, y, batch_size, gen)
         if hook is not None:
@@ -144,6 +159,7 @@ def train_classifier(
     weight_decay: float = 0.0,
     hook: BatchHook | None = None,
     progress: Progress | None = None,
+    schedule: Schedule = "constant",
 ) -> nn.Module:
     """Train ``model`` with Adam on cross-entropy; returns it in eval mode.
 
@@ -159,9 +175,11 @@ def train_classifier(
         weight_decay: Adam weight decay.
         hook: wraps each epoch's batches, e.g. a watermark hook mixing in probes.
         progress: called after each epoch with ``(epoch, epochs, mean loss)``.
+        schedule: ``constant`` learning rate, or ``cosine`` decay from ``lr``
+            towards 0 over the epochs (set at the start of each epoch).
     """
     steps = training_epochs(model, x, y, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
-                            weight_decay=weight_decay, hook=hook)
+                            weight_decay=weight_decay, hook=hook, schedule=schedule)
     for epoch, loss in enumerate(steps, start=1):
         if progress is not None:
             progress(epoch, epochs, loss)

@@ -54,3 +54,22 @@ def test_training_epochs_is_train_classifier_one_epoch_at_a_time() -> None:
     with pytest.raises(InputError, match="batch size must be at least 1"):
         training_epochs(stepped, x, y, epochs=1, seed=0, batch_size=0)  # checked at once, not lazily
 
+
+
+def test_cosine_schedule_starts_at_lr_and_decays() -> None:
+    x, y = DIGITS.train.x[:200], DIGITS.train.y[:200]
+
+    def weights(epochs: int, schedule: str) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        m = train_classifier(build_model("mlp", (1, 8, 8), 10), x, y, epochs=epochs, seed=1,
+                             schedule=schedule)  # type: ignore[arg-type]
+        return [p.detach().clone() for p in m.parameters()]
+
+    # the first epoch runs at the full rate, later ones slower
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+    assert same(weights(1, "cosine"), weights(1, "constant"))
+    assert not same(weights(3, "cosine"), weights(3, "constant"))
+    with pytest.raises(InputError, match="unknown learning-rate schedule 'step'"):
+        training_epochs(build_model("mlp", (1, 8, 8), 10), x, y, epochs=1, seed=0, schedule="step")  # type: ignore[arg-type]
