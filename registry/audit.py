@@ -435,6 +435,8 @@ def _check_tables(s: Session, walker: _LogWalker) -> None:
             "input_shape": json.loads(m.input_shape) if m.input_shape else None,
             "num_classes": m.num_classes,
         }
+        if m.data is not None:
+            row["data"] = m.data
         if kid != m.owner_key_id or rec != row:
             raise IntegrityError(f"model {m.name!r}: row does not match log entry {m.entry_idx}")
     for p in s.scalars(select(ProbeSetRow)):

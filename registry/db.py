@@ -46,7 +46,7 @@ BUSY_TIMEOUT_MS = 60_000
 # Execution option that marks a connection as a writer (BEGIN IMMEDIATE on SQLite).
 WRITE_OPTION = "wm_writer"
 # The newest migration; tests check it against registry/migrations/versions.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 # Any constant: the PostgreSQL advisory lock that serialises migrations.
 _MIGRATION_LOCK = 0x776D_7265_6769
 

@@ -161,12 +161,14 @@ class Registry(LogStore):
         arch: str | None = None,
         input_shape: Sequence[int] | None = None,
         num_classes: int | None = None,
+        data: str | None = None,
     ) -> int:
         """Record a model file under ``name``; the entry index.
 
         The file's SHA-256 is computed here; the weights digest, architecture,
-        input shape and class count are recorded as given
+        input shape, class count and training data's name are recorded as given
         (:func:`registry.register.register_model` reads them off a ``.pt2``).
+        ``data`` enters the log record only when known.
 
         Raises:
             InputError: the file is missing or the name is empty or already registered.
@@ -184,6 +186,10 @@ class Registry(LogStore):
             "input_shape": list(input_shape) if input_shape is not None else None,
             "num_classes": num_classes,
         }
+        if data is not None:
+            if not data or len(data) > 200:
+                raise InputError("a data set's name must be 1 to 200 characters")
+            record["data"] = data
         with self._writing() as s:
             existing = s.scalar(select(ModelRow).where(ModelRow.name == name))
             if existing is not None:
@@ -202,6 +208,7 @@ class Registry(LogStore):
                     input_shape=json.dumps(record["input_shape"]) if input_shape is not None else None,
                     num_classes=num_classes,
                     entry_idx=index,
+                    data=data,
                 )
             )
             return index
@@ -464,4 +471,5 @@ def _model_info(r: ModelRow) -> ModelInfo:
         input_shape=tuple(json.loads(r.input_shape)) if r.input_shape else None,
         num_classes=r.num_classes,
         entry_index=r.entry_idx,
+        data=r.data,
     )

@@ -136,6 +136,7 @@ class ModelInfo:
     input_shape: tuple[int, ...] | None
     num_classes: int | None
     entry_index: int
+    data: str | None = None  # the training data's name, as the model file records it
 
 
 @dataclass(frozen=True)

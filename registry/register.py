@@ -116,6 +116,7 @@ def register_model(
         arch=model.arch,
         input_shape=list(model.input_shape),
         num_classes=model.num_classes,
+        data=model.data,
     )
     probeset_id = None
     if secret is not None:

@@ -125,6 +125,7 @@ class ModelRow(Base):
     input_shape: Mapped[str | None] = mapped_column(String(200))  # JSON list
     num_classes: Mapped[int | None] = mapped_column(Integer)
     entry_idx: Mapped[int] = mapped_column(ForeignKey("log_entries.idx"), unique=True)
+    data: Mapped[str | None] = mapped_column(String(200))  # the training data's name (0004)
 
 
 class ProbeSetRow(Base):

@@ -126,6 +126,8 @@ def test_train_and_register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with Registry.open(f"sqlite:///{tmp_path / 'registry.db'}", create=False) as reg:
         [mark] = reg.probesets("m1", kind="watermark")
         assert mark.root == read_secret(secret_path(out)).probes.root
+        assert reg.model("m1").data == "digits"  # the registry knows the model's own data (decoys)
+    assert run("audit", "verify", home=tmp_path)[0] == 0  # the record with its data name audits
     # the name is checked before any training happens
     code, _, stderr = run("train", "--epochs", "2", "--out", str(tmp_path / "m2.pt2"),
                           "--register", "m1", home=tmp_path)

@@ -60,7 +60,7 @@ def test_unknown_revision_is_refused(db_url: str) -> None:
         conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
     engine.dispose()
     with pytest.raises(RegistryError, match=r"is at schema revision 'ffff', which this wm does "
-                       r"not know \(it knows up to '0003'\)"):
+                       r"not know \(it knows up to '0004'\)"):
         Registry.open(db_url)
 
 
