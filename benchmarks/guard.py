@@ -55,15 +55,16 @@ import torch
 
 from core.data import load_digits
 from core.modelio import load_model, save_model
+from core.serving import running_server
 from core.training import accuracy, train_new
 from guard.probes import commit_guard_probes
 from guard.service import GuardOptions, GuardService, open_vault
 from registry.keys import OwnerKey, generate_owner_key
 from registry.log import Registry
 from registry.register import register_model
-from verifier.protocols import HttpSettings
-from verifier.server import ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 from verifier.verify import VerifyOptions, verify_suspect
+from verifier.wire import HttpSettings
 
 MODEL = "digits-owner"
 NAME = "digits"

@@ -32,11 +32,12 @@ from torch import nn
 from core.arch import build_model
 from core.data import load_digits
 from core.modelio import load_model, save_model
+from core.serving import running_server
 from core.training import accuracy, predict, train_classifier, train_new
-from verifier.protocols import HttpSettings, make_client
-from verifier.server import ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 from verifier.session import ProbeSource, QueryPlan, VerificationSession
 from verifier.stats import log_e_trajectory
+from verifier.wire import HttpSettings, make_client
 from watermark import WatermarkHook, WatermarkKey, parse_scheme
 
 INDEPENDENT = ("cnn", "cnn", "mlp", "cnn-wide", "mlp-wide")

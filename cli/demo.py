@@ -132,7 +132,7 @@ def _prepare(out: Path) -> None:
 
 def _answer_via_http(url: str) -> Any:
     """The thief's view of the guarded API: an answer function over real HTTP (labels only)."""
-    from verifier.protocols import OipClient
+    from verifier.wire.oip import OipClient
 
     client = OipClient(url, num_classes=10, input_shape=(1, 8, 8))
 

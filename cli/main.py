@@ -79,6 +79,7 @@ def _register_commands() -> None:
         fingerprint_cmd,
         guard_cmds,
         registry_cmds,
+        serve_cmd,
         train,
         verify_cmds,
         witness_cmds,

@@ -1,4 +1,4 @@
-"""``wm serve``, ``wm verify`` and ``wm evidence check``: parsing and printing only."""
+"""``wm verify`` and ``wm evidence check``: parsing and printing only."""
 
 from __future__ import annotations
 
@@ -14,35 +14,6 @@ from cli.progress import interactive
 from core.errors import InputError
 
 _PROTOCOLS = ["auto", "oip", "tfserving", "torchserve", "json"]
-
-
-@wm.command("serve")
-@click.argument("model_path", metavar="MODEL.pt2", type=click.Path(dir_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--name", default=None, help="Model name in the URLs (default: the file's stem).")
-@click.option("--output", default="labels", show_default=True,
-              type=click.Choice(["labels", "probabilities", "logits"]),
-              help="What the model answers.")
-def serve_cmd(model_path: str, host: str, port: int, name: str | None, output: str) -> None:
-    """Serve MODEL.pt2 over the Open Inference Protocol V2 (and V1 :predict).
-
-    POST /v2/models/NAME/infer, GET /v2/models/NAME; also
-    POST /v1/models/NAME:predict and POST /predictions/NAME.
-    """
-    import uvicorn
-
-    from core.modelio import load_model
-    from verifier.server import ServedModel, build_app
-
-    model = load_model(model_path)
-    model_name = name or Path(model_path).stem
-    if not model_name or "/" in model_name or ":" in model_name:
-        raise InputError(f"--name must not be empty or contain '/' or ':', got {model_name!r}")
-    app = build_app({model_name: ServedModel(model, output)})  # type: ignore[arg-type]
-    click.echo(f"serving {model_path} as {model_name!r} ({output}) at "
-               f"http://{host}:{port}/v2/models/{model_name}/infer", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 @wm.command("verify")
@@ -66,11 +37,17 @@ def serve_cmd(model_path: str, host: str, port: int, name: str | None, output: s
               help="Decoys per probe.")
 @click.option("--decoys", "decoy_spec", default="digits", show_default=True,
               help="'digits', 'fashion-mnist' or an .npz whose test split supplies in-distribution decoys.")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.01))
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds for connecting to the suspect, and for each read or write.")
+@click.option("--deadline", default=300.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds one request may take in all: retries, waits and the whole answer.")
 @click.option("--retries", default=4, show_default=True, type=click.IntRange(min=0))
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-response-bytes", default=16 << 20, show_default=True,
               type=click.IntRange(min=1024))
+@click.option("--input-name", default=None,
+              help="--protocol oip: the input tensor's name (default: from the model's metadata, "
+                   "else input-0).")
 @click.option("--json-input-field", default="inputs", show_default=True,
               help="--protocol json: request field holding the inputs.")
 @click.option("--json-output-field", default="outputs", show_default=True,
@@ -79,8 +56,8 @@ def serve_cmd(model_path: str, host: str, port: int, name: str | None, output: s
 def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: str, alpha: float,
                budget: int, headers: tuple[str, ...], evidence: str | None, resume: str | None,
                as_json: bool, fixed: bool, batch_size: int, decoy_ratio: float, decoy_spec: str,
-               timeout: float, retries: int, concurrency: int, max_response_bytes: int,
-               json_input_field: str, json_output_field: str) -> None:
+               timeout: float, deadline: float, retries: int, concurrency: int, max_response_bytes: int,
+               input_name: str | None, json_input_field: str, json_output_field: str) -> None:
     """Query a suspect's API with registered probes; sign the evidence.
 
     Exit 0: ownership established for a named model; 1: not established
@@ -89,20 +66,21 @@ def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: st
     from core.data import load_data
     from registry.keys import load_owner_key
     from registry.log import Registry
-    from verifier.protocols import HttpSettings, parse_headers
     from verifier.verify import VerifyOptions, verify_suspect
+    from verifier.wire.transport import HttpSettings, parse_headers
 
     if not 0 < alpha < 1:
         raise InputError(f"--alpha must lie in (0, 1), got {alpha}")
     if not models and resume is None:
         raise InputError("name at least one registered model with --model")
-    settings = HttpSettings(timeout=timeout, retries=retries, concurrency=concurrency,
+    settings = HttpSettings(timeout=timeout, deadline=deadline, retries=retries, concurrency=concurrency,
                             max_response_bytes=max_response_bytes, headers=parse_headers(headers))
     options = VerifyOptions(
         suspect=suspect, models=models, protocol=protocol, alpha=alpha, budget=budget,
         batch_size=batch_size, decoy_ratio=decoy_ratio, mode="fixed" if fixed else "sequential",
         evidence=Path(evidence) if evidence else None, resume=Path(resume) if resume else None,
         settings=settings, json_input_field=json_input_field, json_output_field=json_output_field,
+        input_name=input_name,
     )
     decoys = load_data(decoy_spec).test.x
     owner_key = load_owner_key(ctx.home)

@@ -85,7 +85,9 @@ def parse_json(data: bytes | str, *, what: str) -> Any:
 
     Raises:
         InputError: ``"{what} contains NaN, which is not a number"`` for the
-            non-standard constants Python's parser would accept, else
+            non-standard constants Python's parser would accept,
+            ``"{what} is nested too deeply"`` past the interpreter's recursion
+            limit (a hostile ``[[[[...`` of any length is not a crash), else
             ``"{what} is not valid JSON: ..."``.
     """
 
@@ -93,6 +95,8 @@ def parse_json(data: bytes | str, *, what: str) -> Any:
         return json.loads(data, parse_constant=_no_constants)
     except _ConstantError as exc:
         raise InputError(f"{what} contains {exc}, which is not a number") from exc
+    except RecursionError:
+        raise InputError(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{what} is not valid JSON: {exc}") from exc
 

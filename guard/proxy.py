@@ -5,7 +5,10 @@ Networks" (ACM MM 2021). :class:`GuardProxy` answers each request that
 :mod:`guard.http` received by forwarding it to the owner's inference server
 (:mod:`guard.upstream`: pooled keep-alive connections, one overall deadline)
 and returning the answer unchanged, errors included, except inference answers
-of the guarded model (:mod:`guard.protocols`): for each input the keyed
+of the guarded model. Requests and answers are read by the codecs ``wm serve``
+and the verifier use (:mod:`verifier.wire.incoming`), so the guard marks
+exactly what a server would answer; :mod:`guard.protocols` rewrites the marked
+rows. For each input the keyed
 function of :mod:`core.marking`, under the current epoch's committed key,
 decides whether it is marked (a fraction R of distinct inputs) and with which
 label; a marked row's label is replaced (a score row is permuted so that its
@@ -20,8 +23,12 @@ What the guard refuses, each with one ``{"error": ...}`` line:
   target such as ``@host:port/...`` or ``http://host/...`` must never steer it
   elsewhere (an open proxy answers unmarked); nor may ``%``-escapes, ``//`` or
   dot segments make the guard and the upstream read different paths;
-- an inference request for the guarded model that it cannot read (400): what it
-  cannot read it cannot mark, so it does not pass it on;
+- an inference request for the guarded model that the shared reader refuses
+  (400, with the reader's reason; a large body is parsed off the event loop):
+  what it cannot read it cannot mark, so it does not pass it on. A request
+  that lays an input out otherwise than the registered shape but with the same
+  size (``[N, 784]`` for 1x28x28, as a server declaring that layout is sent) is
+  read and marked like any other;
 - an upstream answer it cannot rewrite when a row must be marked (502);
 - with API keys (:mod:`guard.clients`), a request without a known key (401).
 
@@ -44,16 +51,18 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from core.clock import format_utc
-from core.errors import InputError
+from core.errors import InputError, SuspectError
 from core.marking import canonical_bytes
 from guard.clients import OPEN_PATHS, ClientKeys
 from guard.http import Request, Response
 from guard.journal import GuardRecord, Journal, RegistryFlusher
 from guard.monitor import ExtractionMonitor
 from guard.prf import Marker
-from guard.protocols import encode_marked, parse_answer, parse_inputs, route_of
+from guard.protocols import encode_marked
 from guard.upstream import Upstream, UpstreamError, UpstreamTimeoutError
 from guard.vault import InputVault
+from verifier.wire.incoming import RequestReader, read_answer, route_of
+from verifier.wire.inference import RequestError, Route
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -226,12 +235,14 @@ class GuardProxy:
         self.monitor = monitor
         self.clients = clients
         self.upstream = Upstream(config.upstream, timeout=config.timeout)
+        self.reader = RequestReader()
         self.counts = {"requests": 0, "inference": 0, "rows": 0, "marked": 0, "upstream_errors": 0,
                        "refused": 0}
 
     async def aclose(self) -> None:
-        """Close the upstream connections."""
+        """Close the upstream connections and the request parser's worker, if one started."""
         self.upstream.close()
+        self.reader.close()
 
     def _refuse(self, status: int, message: str) -> Response:
         self.counts["refused"] += 1
@@ -262,11 +273,10 @@ class GuardProxy:
         items: list[tuple[bytes, str, int]] = []
         x = None
         if route is not None:
-            x = parse_inputs(route, req.body, self.config.input_shape)
-            if x is None:
-                shape = ", ".join(map(str, self.config.input_shape))
-                return self._refuse(400, "not an inference request the guard can read: one float "
-                                         f"input of shape [N, {shape}]")
+            try:
+                x = (await self.reader.parse(route, req.body, self.config.input_shape)).inputs
+            except RequestError as exc:
+                return self._refuse(exc.status, f"not an inference request the guard can read: {exc}")
             for i in range(x.shape[0]):
                 data = canonical_bytes(x[i])
                 mark = self.marker.decide(data)
@@ -294,12 +304,15 @@ class GuardProxy:
         return await self._mark(route, x, marks, items, headers, answer.body,
                                 client or self._client(req))
 
-    async def _mark(self, route: object, x: np.ndarray, marks: dict[int, int],
+    async def _mark(self, route: Route, x: np.ndarray, marks: dict[int, int],
                     items: list[tuple[bytes, str, int]], headers: list[tuple[bytes, bytes]],
                     body: bytes, client: str) -> Response:
         n = int(x.shape[0])
-        parsed = parse_answer(route, body, n, self.config.num_classes)  # type: ignore[arg-type]
-        if parsed is None or any(k == b"content-encoding" for k, _ in headers):
+        try:
+            parsed = read_answer(route, body, n, self.config.num_classes)
+        except SuspectError:
+            parsed = None
+        if parsed is None or not parsed.writable or any(k == b"content-encoding" for k, _ in headers):
             if marks:
                 return _error(502, "the upstream's answer cannot be marked, so it is not passed on")
             return Response(200, headers, body)
@@ -314,5 +327,5 @@ class GuardProxy:
             except OSError as exc:
                 return _error(503, f"cannot record a marked answer ({type(exc).__name__}); retry")
         self.counts["marked"] += len(marks)
-        body = encode_marked(route, parsed, marks, self.config.num_classes)  # type: ignore[arg-type]
+        body = encode_marked(parsed, marks)
         return Response(200, headers, body)

@@ -54,8 +54,8 @@ import torch
 from core.canonical import b64d, b64e, canonical_json
 from core.errors import InputError, SuspectError
 from core.probeset import ProbeSet
-from verifier.protocols import Answer, Detection, SuspectClient
 from verifier.stats import Futility, Mode, Statistics, TestInput, compute_statistics
+from verifier.wire.client import Detection, SuspectAnswer, SuspectClient
 
 __all__ = [
     "DEFAULT_FUTILITY",
@@ -532,7 +532,7 @@ class VerificationSession:
         ]
         return torch.stack(xs).numpy()
 
-    def _record(self, b: int, x: np.ndarray, answer: Answer) -> dict[str, Any]:
+    def _record(self, b: int, x: np.ndarray, answer: SuspectAnswer) -> dict[str, Any]:
         return {
             "type": "query",
             "batch": b,
@@ -619,7 +619,7 @@ class VerificationSession:
         pending = deque(b for b in range(total) if b not in self._done)
         # Statistics consume batches in plan order; answered-in-order prefix decides stopping.
         stopped = self._reached()
-        in_flight: deque[tuple[int, np.ndarray, Future[Answer]]] = deque()
+        in_flight: deque[tuple[int, np.ndarray, Future[SuspectAnswer]]] = deque()
         error: SuspectError | None = None
         with ThreadPoolExecutor(max_workers=self.client.settings.concurrency) as pool:
 

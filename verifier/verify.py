@@ -24,10 +24,12 @@ from core.errors import InputError, RegistryError
 from registry.keys import OwnerKey
 from registry.log import Registry
 from verifier.evidence import build_bundle, write_bundle
-from verifier.protocols import Detection, HttpSettings, SuspectClient, detect, make_client
 from verifier.report import write_report
 from verifier.session import ProbeSource, QueryPlan, SessionResult, VerificationSession, read_transcript
 from verifier.stats import Mode
+from verifier.wire.client import Detection, SuspectClient
+from verifier.wire.detect import detect, make_client
+from verifier.wire.transport import HttpSettings
 
 __all__ = ["VerifyOptions", "VerifyOutcome", "default_paths", "load_sources", "verify_suspect"]
 
@@ -51,6 +53,7 @@ class VerifyOptions:
     settings: HttpSettings = field(default_factory=HttpSettings)
     json_input_field: str = "inputs"
     json_output_field: str = "outputs"
+    input_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,10 @@ def _client(options: VerifyOptions, num_classes: int, input_shape: tuple[int, ..
         "num_classes": num_classes, "input_shape": input_shape,
         "settings": options.settings, "transport": transport,
     }
+    kwargs |= {"input_field": options.json_input_field, "output_field": options.json_output_field,
+               "input_name": options.input_name}
     if options.protocol == "auto":
         return detect(options.suspect, **kwargs)
-    if options.protocol == "json":
-        kwargs |= {"input_field": options.json_input_field, "output_field": options.json_output_field}
     client = make_client(options.protocol, options.suspect, **kwargs)
     try:
         return client, client.describe()

@@ -305,8 +305,9 @@ def test_bad_parameters_and_models_are_refused(owner: nn.Module) -> None:
 def test_extraction_through_a_real_http_api(owner: nn.Module, tmp_path: Path) -> None:
     """The same attack, with an HTTP client (Open Inference Protocol, loopback) behind ``answer``."""
     from core.modelio import load_model, save_model
-    from verifier.protocols import OipClient
-    from verifier.server import ServedModel, build_app, running_server
+    from core.serving import running_server
+    from verifier.server import ServedModel, build_app
+    from verifier.wire import OipClient
 
     path = save_model(owner, tmp_path / "owner.pt2", input_shape=(1, 8, 8), num_classes=10, arch="cnn")
     app = build_app({"owner": ServedModel(load_model(path), "labels")})

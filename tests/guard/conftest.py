@@ -17,13 +17,14 @@ import torch
 
 from core.data import load_digits
 from core.modelio import LoadedModel, load_model, save_model
+from core.serving import BackgroundServer, running_server
 from core.training import train_new
 from guard.http import BackgroundHTTPServer
 from guard.service import GuardOptions, GuardService
 from registry.keys import OwnerKey, generate_owner_key
 from registry.log import Registry
 from registry.register import register_model
-from verifier.server import BackgroundServer, ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 
 PASSPHRASE = "guard-test-passphrase"
 MODEL = "digits-owner"

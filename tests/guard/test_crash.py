@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 from core.marking import canonical_bytes
+from core.serving import running_server
 from guard.epochs import current_epoch
 from guard.journal import GUARD_QUERIES_TYPE, GuardRecord, Journal
 from guard.prf import GuardKey, Marker
 from guard.service import guard_dir
 from registry.log import Registry
 from tests.guard.conftest import MODEL, PASSPHRASE, UPSTREAM_NAME, Owner, digits_queries, oip_body
-from verifier.server import ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 
 WM = [sys.executable, "-c", "from cli.main import main; main()"]
 _LISTENING = re.compile(rb"at (http://127\.0\.0\.1:\d+)")

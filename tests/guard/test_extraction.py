@@ -23,10 +23,11 @@ from click.testing import CliRunner
 from cli.main import _register_commands, wm
 from core.data import load_digits
 from core.modelio import save_model
+from core.serving import running_server
 from core.training import train_new
 from guard.monitor import ExtractionMonitor
 from tests.guard.conftest import MODEL, Owner, digits_queries, guarded, oip_body
-from verifier.server import ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 
 _register_commands()
 

@@ -24,13 +24,13 @@ from starlette.routing import Route
 
 from core.errors import InputError
 from core.marking import canonical_bytes
+from core.serving import running_server
 from guard.clients import ClientKeys, add_client
 from guard.epochs import current_epoch
 from guard.journal import GUARD_QUERIES_TYPE, GuardRecord
 from guard.prf import GuardKey, Marker
 from registry.log import Registry
 from tests.guard.conftest import MODEL, UPSTREAM_NAME, Owner, digits_queries, guarded, oip_body
-from verifier.server import running_server
 
 
 def _raw(url: str, request: bytes) -> bytes:

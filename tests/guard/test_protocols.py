@@ -1,4 +1,8 @@
-"""The guard's reading of requests and answers, and its rewriting of marked rows."""
+"""The guard's rewriting of marked rows in answers read by the shared codecs.
+
+The reading itself (requests and answers, every protocol) is tested with the codecs, in
+``tests/verifier/test_incoming.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,60 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guard.protocols import Route, encode_marked, parse_answer, parse_inputs, route_of
+from guard.protocols import encode_marked
 from guard.proxy import client_identity, upstream_base
+from verifier.wire.incoming import read_answer
+from verifier.wire.inference import Route
 
 SHAPE = (1, 2, 2)
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "expected"),
-    [
-        ("POST", "/v2/models/m/infer", Route("oip", "m")),
-        ("POST", "/v2/models/m/versions/1/infer", Route("oip", "m")),
-        ("POST", "/v1/models/m:predict", Route("tfserving", "m")),
-        ("POST", "/predictions/m", Route("torchserve", "m")),
-        ("GET", "/v2/models/m/infer", None),
-        ("POST", "/v2/models/m", None),
-        ("POST", "/v2/models/m/infer/extra", None),
-    ],
-)
-def test_routes(method: str, path: str, expected: Route | None) -> None:
-    assert route_of(method, path) == expected
-
-
 OIP = Route("oip", "m")
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"{not json",
-        b"[]",
-        b'{"inputs": []}',
-        b'{"inputs": [{"name": "x", "shape": [1, 1, 2, 2], "datatype": "INT8", "data": [1, 2, 3, 4]}]}',
-        b'{"inputs": [{"name": "x", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3]}]}',
-        b'{"inputs": [{"name": "x", "shape": [1, 1, 3, 3], "datatype": "FP32", '
-        b' "data": [0, 0, 0, 0, 0, 0, 0, 0, 0]}]}',
-        b'{"inputs": [{"name": "x", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, "a", 3, 4]}]}',
-        b'{"inputs": [{"name": "x", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": [1, NaN, 3, 4]}]}',
-        b'{"inputs": [{"name": "x", "shape": [true, 1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]}',
-    ],
-)
-def test_requests_the_guard_does_not_understand_are_none(body: bytes) -> None:
-    assert parse_inputs(OIP, body, SHAPE) is None
-
-
-def test_requests_of_each_protocol_parse() -> None:
-    data = [0.5, 0.25, 1.0, 0.0]
-    oip = {"inputs": [{"name": "x", "shape": [1, 1, 2, 2], "datatype": "FP64", "data": data}]}
-    x = parse_inputs(OIP, json.dumps(oip).encode(), SHAPE)
-    assert x is not None and x.dtype == np.float32 and x.shape == (1, 1, 2, 2)
-    v1_body = json.dumps({"instances": [[[data[:2], data[2:]]]]}).encode()
-    v1 = parse_inputs(Route("tfserving", "m"), v1_body, SHAPE)
-    ts = parse_inputs(Route("torchserve", "m"), json.dumps({"data": data}).encode(), SHAPE)
-    assert v1 is not None and ts is not None
-    assert np.array_equal(v1, x) and np.array_equal(ts, x)
 
 
 def _oip_answer(values: np.ndarray, datatype: str) -> bytes:
@@ -82,10 +41,9 @@ def test_marked_scores_have_the_marked_argmax(rows: list[list[float]], labels: l
     raw = np.asarray(rows)
     values = raw / raw.sum(axis=1, keepdims=True) if probabilities else np.log(raw) * 3
     n = values.shape[0]
-    answer = parse_answer(OIP, _oip_answer(values, "FP32"), n, 4)
-    assert answer is not None
+    answer = read_answer(OIP, _oip_answer(values, "FP32"), n, 4)
     marks = {i: labels[i] for i in range(0, n, 2)}
-    doc = json.loads(encode_marked(OIP, answer, marks, 4))
+    doc = json.loads(encode_marked(answer, marks))
     out = np.asarray(doc["outputs"][0]["data"]).reshape(n, 4)
     for i in range(n):
         if i in marks:
@@ -99,9 +57,8 @@ def test_marked_scores_have_the_marked_argmax(rows: list[list[float]], labels: l
 
 def test_ties_are_broken_toward_the_marked_label() -> None:
     values = np.array([[0.5, 0.5, 0.0, 0.0]])
-    answer = parse_answer(OIP, _oip_answer(values, "FP32"), 1, 4)
-    assert answer is not None
-    out = np.asarray(json.loads(encode_marked(OIP, answer, {0: 2}, 4))["outputs"][0]["data"])
+    answer = read_answer(OIP, _oip_answer(values, "FP32"), 1, 4)
+    out = np.asarray(json.loads(encode_marked(answer, {0: 2}))["outputs"][0]["data"])
     assert int(np.argmax(out)) == 2 and abs(out.sum() - 1) < 1e-9
 
 
@@ -116,25 +73,15 @@ def test_ties_are_broken_toward_the_marked_label() -> None:
 )
 def test_label_answers_are_rewritten_in_their_own_form(route: Route, body: bytes, n: int,
                                                        marked: list[int] | None) -> None:
-    answer = parse_answer(route, body, n, 10)
-    assert answer is not None and answer.kind == "labels"
-    out = json.loads(encode_marked(route, answer, {1 if n > 1 else 0: 7}, 10))
+    answer = read_answer(route, body, n, 10)
+    assert answer.kind == "labels"
+    out = json.loads(encode_marked(answer, {1 if n > 1 else 0: 7}))
     if route.protocol == "oip":
         assert out["outputs"][0]["data"] == marked and out["model_name"] == "m"
     elif route.protocol == "tfserving":
         assert out["predictions"] == marked
     else:
         assert out == 7
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"not json", b'{"outputs": []}', _oip_answer(np.array([1, 2]), "INT64"),
-     _oip_answer(np.array([1, 2, 11]), "INT64"), _oip_answer(np.array([1.5, 2, 3]), "FP32"),
-     b'{"outputs": [{"name": "y", "shape": [3], "datatype": "BYTES", "data": ["a", "b", "c"]}]}'],
-)
-def test_answers_the_guard_cannot_mark_are_none(body: bytes) -> None:
-    assert parse_answer(OIP, body, 3, 10) is None
 
 
 @pytest.mark.parametrize(

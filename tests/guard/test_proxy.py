@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from core.canonical import b64e
 from core.marking import canonical_bytes
+from core.serving import running_server
 from guard.epochs import current_epoch
 from guard.journal import GUARD_QUERIES_TYPE, GuardRecord
 from guard.prf import GuardKey, Marker
@@ -24,7 +25,6 @@ from guard.probes import commit_guard_probes
 from guard.service import GuardOptions, GuardService, guard_dir, open_vault
 from registry.log import Registry
 from tests.guard.conftest import MODEL, UPSTREAM_NAME, Owner, digits_queries, guarded, oip_body
-from verifier.server import running_server
 
 
 def _marker(owner: Owner, rate: float) -> Marker:
@@ -126,9 +126,10 @@ def test_inference_requests_the_guard_cannot_read_are_refused_and_not_forwarded(
     good = oip_body(x)
     ragged = {"inputs": [{**good["inputs"][0], "shape": [2, 1, 8, 8],  # type: ignore[index]
                           "data": [x[0].reshape(-1).tolist(), x[1].reshape(-1).tolist()[:63]]}]}
-    bad_shape = {"inputs": [{**good["inputs"][0], "shape": [2, 1, 4, 16]}]}  # type: ignore[index]
+    flat = x.reshape(-1).tolist()  # rows of 65 and 63 values: the right count, ragged (once answered)
+    ragged_128 = {"inputs": [{**good["inputs"][0], "data": [flat[:65], flat[65:]]}]}  # type: ignore[index]
     nan = json.dumps(good).replace(str(float(x.reshape(-1)[10])), "NaN", 1)
-    bodies = [b"{not json", json.dumps(ragged).encode(), json.dumps(bad_shape).encode(), nan.encode(),
+    bodies = [b"{not json", json.dumps(ragged).encode(), json.dumps(ragged_128).encode(), nan.encode(),
               b'{"inputs": [{"name": "input-0"}]}']
     with guarded(owner, rate=1.0) as g, httpx.Client() as c:
         url = g.infer_url(g.guard.url)
@@ -144,7 +145,11 @@ def test_inference_requests_the_guard_cannot_read_are_refused_and_not_forwarded(
 
 def test_other_requests_are_answered_as_the_upstream_would_and_not_recorded(owner: Owner) -> None:
     good = oip_body(digits_queries(2))
+    # Another layout of the same size is an input the guard reads (a server declaring [-1, 64]
+    # is sent it); this upstream refuses it, and the guard passes its refusal on.
+    other_layout = {"inputs": [{**good["inputs"][0], "shape": [2, 1, 4, 16]}]}  # type: ignore[index]
     requests: list[tuple[str, str, bytes | None]] = [
+        ("POST", f"/v2/models/{UPSTREAM_NAME}/infer", json.dumps(other_layout).encode()),
         ("POST", "/v2/models/other/infer", json.dumps(good).encode()),
         ("GET", f"/v2/models/{UPSTREAM_NAME}", None),
         ("GET", "/v2/health/ready", None),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from core.probeset import ProbeSet
@@ -121,6 +121,31 @@ def misbehaving_app(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8,
                 return JSONResponse(good)
             case "servererror":
                 return JSONResponse({"error": "model crashed: CUDA out of memory"}, status_code=500)
+            case "deep":
+                return Response(b'{"outputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+                                media_type="application/json")
+            case "bignum":
+                body = ('{"outputs":[{"name":"output-0","shape":[' f"{batch}"
+                        '],"datatype":"INT64","data":[' + ",".join(["1" + "0" * 400] * batch) + "]}]}")
+                return Response(body.encode(), media_type="application/json")
+            case "overflow":
+                body = ('{"outputs":[{"name":"output-0","shape":[' f"{batch}"
+                        '],"datatype":"FP32","data":[' + ",".join(["1e400"] * batch) + "]}]}")
+                return Response(body.encode(), media_type="application/json")
+            case "shape":
+                return JSONResponse({"outputs": [{"name": "output-0", "shape": [batch, 2, 5],
+                                                  "datatype": "FP32", "data": [0.1] * (batch * 10)}]})
+            case "objects":
+                return JSONResponse({"outputs": [{"name": "output-0", "shape": [batch],
+                                                  "datatype": "INT64", "data": [{"label": 3}] * batch}]})
+            case "drip":
+                async def one_byte_at_a_time() -> AsyncIterator[bytes]:
+                    while True:  # a valid answer's first bytes, one every 50 ms, for ever
+                        for byte in b'{"outputs": [{"name": "output-0", "data": [':
+                            yield bytes([byte])
+                            await asyncio.sleep(0.05)
+
+                return StreamingResponse(one_byte_at_a_time(), media_type="application/json")
         return JSONResponse({"error": f"no model {name}"}, status_code=404)
 
     app = Starlette(routes=[Route("/v2/models/{name}", meta, methods=["GET"]),
@@ -156,6 +181,49 @@ def dropping_server() -> Iterator[tuple[str, list[int]]]:
     t.start()
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        t.join(timeout=2)
+        sock.close()
+
+
+@contextmanager
+def dripping_server(interval: float = 0.05) -> Iterator[tuple[str, list[int]]]:
+    """A TCP server that answers every request with a status line and headers one byte at a time.
+
+    Its answer never ends (the headers never finish); ``(url, [bytes sent])``.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.2)
+    sent = [0]
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with suppress(OSError), conn:
+            conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"x" * 10_000
+            for byte in head:
+                if stop.wait(interval):
+                    return
+                conn.sendall(bytes([byte]))
+                sent[0] += 1
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sent
     finally:
         stop.set()
         t.join(timeout=2)

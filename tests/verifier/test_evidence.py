@@ -21,14 +21,14 @@ from core.data import load_digits
 from core.errors import EvidenceError
 from core.modelio import save_model
 from core.probeset import ProbeSet
+from core.serving import BackgroundServer, running_server
 from registry import Registry, generate_owner_key
 from registry.dsse import payload_of, sign_envelope
 from registry.keys import OwnerKey
 from registry.records import VERIFICATION_TYPE
 from verifier.evidence import EVIDENCE_TYPE, check_bundle, read_bundle
-from verifier.protocols import HttpSettings
-from verifier.server import BackgroundServer, running_server
 from verifier.verify import VerifyOptions, VerifyOutcome, verify_suspect
+from verifier.wire import HttpSettings
 from watermark import WatermarkKey, parse_scheme
 
 from .helpers import oracle_app, untrained

@@ -29,11 +29,12 @@ from core.arch import build_model
 from core.data import Splits, load_digits
 from core.modelio import load_model, save_model
 from core.probeset import ProbeSet
+from core.serving import BackgroundServer, running_server
 from core.training import accuracy, predict, train_classifier, train_new
-from verifier.protocols import HttpSettings, make_client
-from verifier.server import BackgroundServer, ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 from verifier.session import DEFAULT_FUTILITY, ProbeSource, QueryPlan, VerificationSession
 from verifier.stats import TestInput, compute_statistics
+from verifier.wire import HttpSettings, make_client
 from watermark import WatermarkHook, WatermarkKey, WatermarkSecret, parse_scheme, write_secret
 
 DERIVED = ("copy", "finetuned", "pruned")
@@ -245,20 +246,16 @@ def test_cli_verify_against_the_registry(zoo: Zoo, suspects: BackgroundServer, t
 
 
 def test_cli_resume_after_the_suspect_went_down(zoo: Zoo, tmp_path: Path) -> None:
-    import socket
-
     from cli.main import _register_commands, wm
-    from verifier.server import BackgroundServer
+    from core.serving import BackgroundServer, bind, url_of
 
     _register_commands()
     env = {"WM_HOME": str(tmp_path / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
     runner = CliRunner(env=env)
     assert runner.invoke(wm, ["keygen", "--name", "alice"]).exit_code == 0
     assert runner.invoke(wm, ["register", str(zoo.paths["copy"]), "--name", "owner"]).exit_code == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    url = f"http://127.0.0.1:{port}/v2/models/finetuned-labels/infer"
+    down = bind(listen=False)  # holds its port and refuses connections: the suspect is down
+    url = f"{url_of(down)}/v2/models/finetuned-labels/infer"
     ev = tmp_path / "ev.json"
     args = ["verify", "--suspect", url, "--protocol", "oip", "--model", "owner", "--json",
             "--retries", "0", "--evidence", str(ev)]
@@ -266,7 +263,7 @@ def test_cli_resume_after_the_suspect_went_down(zoo: Zoo, tmp_path: Path) -> Non
     assert r.exit_code == 2 and "cannot reach the suspect" in r.output
     assert not ev.exists()
     app = build_app({"finetuned-labels": ServedModel(load_model(zoo.paths["finetuned"]), "labels")})
-    srv = BackgroundServer(app, port=port).start()
+    srv = BackgroundServer(app, sock=down).start()
     try:
         transcript = tmp_path / "ev.json.transcript.jsonl"
         assert not transcript.exists()  # metadata failed before any query: nothing to resume

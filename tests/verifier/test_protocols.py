@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,9 @@ import torch
 
 from core.errors import InputError, SuspectError
 from core.modelio import load_model, save_model
-from verifier.protocols import (
+from core.serving import BackgroundServer, running_server
+from verifier.server import ServedModel, build_app
+from verifier.wire import (
     HttpSettings,
     JsonClient,
     OipClient,
@@ -23,7 +24,7 @@ from verifier.protocols import (
     make_client,
     parse_headers,
 )
-from verifier.server import BackgroundServer, ServedModel, build_app, running_server
+from verifier.wire.transport import retry_after
 
 from .helpers import dropping_server, misbehaving_app, untrained
 
@@ -171,12 +172,12 @@ def test_an_absurd_retry_after_is_an_error_not_a_wait(bad: BackgroundServer) -> 
 
 
 def test_slow_suspect_times_out(bad: BackgroundServer) -> None:
-    start = time.monotonic()
-    with _client(f"{bad.url}/v2/models/slow", timeout=0.3, retries=1) as client, pytest.raises(
-        SuspectError, match=r"did not answer within 0.3 s \(2 attempts\)"
-    ):
+    waits: list[float] = []
+    client = make_client("oip", f"{bad.url}/v2/models/slow", num_classes=10, input_shape=(1, 8, 8),
+                         settings=HttpSettings(timeout=0.3, retries=1, backoff=0.01), sleep=waits.append)
+    with client, pytest.raises(SuspectError, match=r"did not answer within 0.3 s \(2 attempts\)"):
         client.infer(X.numpy())
-    assert time.monotonic() - start < 1.9
+    assert len(waits) == 1 and waits[0] <= 0.01  # one backoff between the two timed-out attempts
 
 
 def test_huge_answer_is_cut_off(bad: BackgroundServer) -> None:
@@ -299,9 +300,7 @@ def test_bad_urls_are_input_errors() -> None:
      ("Wed, 21 Oct 2015 07:28:00 GMT", 0, 0)],
 )
 def test_retry_after_forms(value: str | None, low: float | None, high: float | None) -> None:
-    from verifier.protocols import _retry_after
-
-    got = _retry_after(value)
+    got = retry_after(value)
     if low is None:
         assert got is None
     else:

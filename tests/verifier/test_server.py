@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +11,9 @@ import pytest
 import torch
 
 from core.modelio import load_model, save_model
-from verifier.server import BackgroundServer, ServedModel, build_app, running_server
+from core.serving import BackgroundServer, running_server
+from tests.servers import wm_server
+from verifier.server import ServedModel, build_app
 
 from .helpers import untrained
 
@@ -113,35 +111,15 @@ def test_malformed_json_and_methods(server: BackgroundServer) -> None:
     assert r.status_code == 404 and "error" in r.json()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_wm_serve_binds_loopback_and_serves(model_path: Path) -> None:
-    port = _free_port()
-    wm = Path(sys.executable).with_name("wm")
-    proc = subprocess.Popen([str(wm), "serve", str(model_path), "--port", str(port), "--name", "x",
-                             "--output", "probabilities"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/v2/models/x", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"wm serve did not come up: {err}")
-                time.sleep(0.2)
+def test_wm_serve_binds_loopback_on_port_0_and_prints_the_url(model_path: Path) -> None:
+    args = ["serve", str(model_path), "--port", "0", "--name", "x", "--output", "probabilities"]
+    with wm_server(args) as srv:
+        assert srv.url.startswith("http://127.0.0.1:") and not srv.url.endswith(":0")
+        assert f"at {srv.url}/v2/models/x/infer" in srv.stderr
+        r = httpx.get(f"{srv.url}/v2/models/x", timeout=10)
         assert r.json()["outputs"][0]["datatype"] == "FP32"
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
-        assert f"127.0.0.1:{port}" in listening
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        assert srv.url.removeprefix("http://") in listening
 
 
 def test_wm_serve_bad_model_is_one_line(tmp_path: Path) -> None:

@@ -14,8 +14,7 @@ import torch
 from core.data import load_digits
 from core.errors import InputError, SuspectError
 from core.probeset import ProbeSet
-from verifier.protocols import HttpSettings, OipClient
-from verifier.server import BackgroundServer, running_server
+from core.serving import BackgroundServer, running_server
 from verifier.session import (
     DECOY,
     ProbeSource,
@@ -24,6 +23,7 @@ from verifier.session import (
     input_digest,
     read_transcript,
 )
+from verifier.wire import HttpSettings, OipClient
 from watermark import WatermarkKey, parse_scheme
 
 from .helpers import oracle_app

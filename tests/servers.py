@@ -1,0 +1,123 @@
+"""Real servers for tests, on ports the OS picks, waited for with a deadline.
+
+Two ways to run one, both without binding, closing and reusing a port (a race
+under ``pytest -n 2``):
+
+- in this process: :func:`core.serving.running_server` (re-exported here) runs
+  an ASGI app on a port-0 socket in a thread and returns once it accepts;
+- as a ``wm`` subprocess: :func:`wm_server` starts ``wm ... --port 0`` (``wm
+  serve``, ``wm guard``, ``wm witness serve``: any command that prints
+  ``... at http://HOST:PORT...`` on stderr once bound) and reads the URL it
+  printed, failing the test with the command's output if it does not come up
+  before the deadline.
+
+For a server that must be down at a known address first, bind a socket that
+does not listen (:func:`core.serving.bind` with ``listen=False``: connections
+are refused) and start :class:`core.serving.BackgroundServer` on it later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from core.serving import BackgroundServer, bind, running_server
+
+__all__ = [
+    "WM",
+    "BackgroundServer",
+    "WmProcess",
+    "bind",
+    "running_server",
+    "wait_until",
+    "wm_server",
+]
+
+WM = [sys.executable, "-c", "from cli.main import main; main()"]
+"""The ``wm`` command in this interpreter (no console script needed)."""
+_URL = re.compile(r"\bat (https?://[^\s/]+)")
+
+
+@dataclass
+class WmProcess:
+    """A running ``wm`` server: its process, base URL, and what it wrote on stderr so far."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    _lines: list[str] = field(default_factory=list)
+
+    @property
+    def stderr(self) -> str:
+        """Everything the process wrote on stderr so far."""
+        return "".join(self._lines)
+
+
+def _drain(proc: subprocess.Popen[bytes], lines: list[str], found: threading.Event,
+           url: list[str]) -> None:
+    assert proc.stderr is not None
+    for raw in iter(proc.stderr.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        lines.append(line)
+        m = _URL.search(line)
+        if m and not url:
+            url.append(m.group(1))
+            found.set()
+    found.set()  # the process ended (or closed stderr): stop waiting
+
+
+@contextmanager
+def wm_server(args: Sequence[str], *, env: Mapping[str, str] | None = None,
+              deadline: float = 60.0) -> Iterator[WmProcess]:
+    """Run ``wm ARGS`` (which must include ``--port 0``) until the block ends.
+
+    Args:
+        args: the command line after ``wm``.
+        env: extra environment variables.
+        deadline: seconds to wait for the bound URL on stderr.
+
+    Yields:
+        The process and the base URL (``http://HOST:PORT``) it printed.
+    """
+    proc = subprocess.Popen([*WM, *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: list[str] = []
+    found = threading.Event()
+    url: list[str] = []
+    reader = threading.Thread(target=_drain, args=(proc, lines, found, url), daemon=True)
+    reader.start()
+    try:
+        if not found.wait(deadline) or not url:
+            proc.kill()
+            proc.wait(10)
+            reader.join(5)
+            pytest.fail(f"`wm {' '.join(args)}` did not print its URL within {deadline:g} s "
+                        f"(exit {proc.poll()}): {''.join(lines)[-2000:]}")
+        yield WmProcess(proc, url[0], lines)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        reader.join(5)
+
+
+def wait_until(condition: Callable[[], bool], *, deadline: float = 30.0,
+               what: str = "the condition") -> None:
+    """Poll ``condition()`` until it is true; fail the test after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"{what} did not hold within {deadline:g} s")
+        time.sleep(0.01)
