@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from core.probeset import ProbeSet
+from core.serving import bind, url_of
 from verifier.session import input_digest
 
 Behaviour = Callable[[Request, Any, int], Response | None]
@@ -155,14 +156,18 @@ def misbehaving_app(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8,
 
 
 @contextmanager
-def dropping_server() -> Iterator[tuple[str, list[int]]]:
-    """A TCP server that accepts each connection and closes it at once; ``(url, [accepted])``."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
+def raw_server(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A TCP server on a port-0 socket that hands each connection to ``handle`` (in a thread).
+
+    ``handle(conn, stop)`` owns the connection; ``stop`` is set when the block ends. Yields the URL.
+    """
+    sock = bind()
     sock.settimeout(0.2)
-    accepted = [0]
     stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with suppress(OSError), conn:
+            handle(conn, stop)
 
     def loop() -> None:
         while not stop.is_set():
@@ -172,19 +177,29 @@ def dropping_server() -> Iterator[tuple[str, list[int]]]:
                 continue
             except OSError:
                 return
-            accepted[0] += 1
-            with suppress(OSError):
-                conn.recv(65536)
-            conn.close()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", accepted
+        yield url_of(sock)
     finally:
         stop.set()
         t.join(timeout=2)
         sock.close()
+
+
+@contextmanager
+def dropping_server() -> Iterator[tuple[str, list[int]]]:
+    """A TCP server that accepts each connection and closes it at once; ``(url, [accepted])``."""
+    accepted = [0]
+
+    def drop(conn: socket.socket, stop: threading.Event) -> None:
+        accepted[0] += 1
+        conn.recv(65536)
+
+    with raw_server(drop) as url:
+        yield url, accepted
 
 
 @contextmanager
@@ -193,41 +208,19 @@ def dripping_server(interval: float = 0.05) -> Iterator[tuple[str, list[int]]]:
 
     Its answer never ends (the headers never finish); ``(url, [bytes sent])``.
     """
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.settimeout(0.2)
     sent = [0]
-    stop = threading.Event()
 
-    def drip(conn: socket.socket) -> None:
-        with suppress(OSError), conn:
-            conn.recv(65536)
-            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"x" * 10_000
-            for byte in head:
-                if stop.wait(interval):
-                    return
-                conn.sendall(bytes([byte]))
-                sent[0] += 1
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+    def drip(conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(65536)
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"x" * 10_000
+        for byte in head:
+            if stop.wait(interval):
                 return
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+            conn.sendall(bytes([byte]))
+            sent[0] += 1
 
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sent
-    finally:
-        stop.set()
-        t.join(timeout=2)
-        sock.close()
+    with raw_server(drip) as url:
+        yield url, sent
 
 
 def untrained(arch: str = "mlp", seed: int = 0) -> torch.nn.Module:

@@ -13,7 +13,7 @@ import torch
 
 from core.errors import InputError, SuspectError
 from core.modelio import load_model, save_model
-from core.serving import BackgroundServer, running_server
+from core.serving import BackgroundServer, bind, running_server, url_of
 from verifier.server import ServedModel, build_app
 from verifier.wire import (
     HttpSettings,
@@ -197,12 +197,14 @@ def test_connection_drop_is_retried_then_reported() -> None:
 
 
 def test_unreachable_suspect() -> None:
-    with dropping_server() as (url, _):
-        pass  # the port is closed now
-    with _client(f"{url}/v2/models/m/infer", retries=1) as client, pytest.raises(
-        SuspectError, match="cannot reach the suspect"
-    ):
-        client.infer(X.numpy())
+    down = bind(listen=False)  # holds its port and refuses every connection
+    try:
+        with _client(f"{url_of(down)}/v2/models/m/infer", retries=1) as client, pytest.raises(
+            SuspectError, match="cannot reach the suspect"
+        ):
+            client.infer(X.numpy())
+    finally:
+        down.close()
 
 
 def test_header_carries_authentication(bad: BackgroundServer) -> None:

@@ -87,6 +87,10 @@ class SuspectClient(ABC):
 
     protocol: ClassVar[ProtocolName]
     max_batch: ClassVar[int | None] = None
+    url_form: ClassVar[re.Pattern[str] | None] = None
+    """The endpoint URLs the protocol has (``None``: any URL); its groups land in :attr:`parts`."""
+    url_example: ClassVar[str] = ""
+    """Says what a URL of this protocol looks like, for the error on one that is not."""
 
     def __init__(
         self,
@@ -101,6 +105,10 @@ class SuspectClient(ABC):
         if not _URL.match(url):
             raise InputError(f"suspect URL must be http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
+        m = self.url_form.match(self.url) if self.url_form is not None else None
+        if self.url_form is not None and m is None:
+            raise InputError(f"{self.url_example}, got {url!r}")
+        self.parts: dict[str, str | None] = m.groupdict() if m is not None else {}
         self.num_classes = num_classes
         self.input_shape = tuple(int(s) for s in input_shape)
         self.settings = settings or HttpSettings()

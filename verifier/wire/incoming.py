@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.canonical import parse_json
-from core.errors import InputError, SuspectError
+from core.errors import InputError
 from verifier.wire import oip, torchserve, v1
 from verifier.wire.inference import MAX_BATCH, InferenceRequest, RequestError, Route
 from verifier.wire.tensors import DecodedAnswer
+from verifier.wire.transport import parse_suspect_json
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -54,19 +55,17 @@ BODY_TIMEOUT = 60.0
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
+_CODECS: dict[str, Any] = {"oip": oip, "tfserving": v1, "torchserve": torchserve}
+
+
 def route_of(method: str, path: str) -> Route | None:
     """The inference route of a request (``path`` without its query), or ``None``."""
     if method != "POST":
         return None
-    m = oip.PATH.match(path)
-    if m:
-        return Route("oip", m["name"], m["version"])
-    m = v1.PATH.match(path)
-    if m:
-        return Route("tfserving", m["name"], m["version"])
-    m = torchserve.PATH.match(path)
-    if m:
-        return Route("torchserve", m["name"], m["version"])
+    for protocol, codec in _CODECS.items():
+        m = codec.PATH.match(path)
+        if m:
+            return Route(protocol, m["name"], m["version"])  # type: ignore[arg-type]
     return None
 
 
@@ -88,13 +87,9 @@ def parse_request(route: Route, body: bytes, input_shape: tuple[int, ...], *,
         doc = parse_json(body, what="request body")
     except InputError as exc:
         raise RequestError(str(exc)) from exc
-    match route.protocol:
-        case "oip":
-            return oip.parse_request(doc, route, input_shape, max_batch=max_batch)
-        case "tfserving":
-            return v1.parse_request(doc, route, input_shape, max_batch=max_batch)
-        case "torchserve":
-            return torchserve.parse_request(doc, route, input_shape)
+    request: InferenceRequest = _CODECS[route.protocol].parse_request(doc, route, input_shape,
+                                                                      max_batch=max_batch)
+    return request
 
 
 def read_answer(route: Route, body: bytes, n: int, num_classes: int) -> DecodedAnswer:
@@ -103,17 +98,9 @@ def read_answer(route: Route, body: bytes, n: int, num_classes: int) -> DecodedA
     Raises:
         SuspectError: not JSON, or not answers for ``n`` inputs of ``num_classes`` classes.
     """
-    try:
-        doc = parse_json(body, what="answer")
-    except InputError as exc:
-        raise SuspectError(str(exc)) from exc
-    match route.protocol:
-        case "oip":
-            return oip.read_answer(doc, n, num_classes)
-        case "tfserving":
-            return v1.read_answer(doc, n, num_classes)
-        case "torchserve":
-            return torchserve.read_answer(doc, n, num_classes)
+    answer: DecodedAnswer = _CODECS[route.protocol].read_answer(
+        parse_suspect_json(body, "answer"), n, num_classes)
+    return answer
 
 
 @dataclass(frozen=True)

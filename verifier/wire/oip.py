@@ -128,20 +128,16 @@ class OipClient(SuspectClient):
     """
 
     protocol = "oip"
+    url_form = URL
+    url_example = "an Open Inference Protocol URL looks like http://HOST/v2/models/NAME[/infer]"
 
     def __init__(self, url: str, *, input_name: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        m = URL.match(self.url)
-        if m is None:
-            raise InputError(
-                f"an Open Inference Protocol URL looks like http://HOST/v2/models/NAME[/infer], "
-                f"got {url!r}"
-            )
         if input_name is not None and not input_name.strip():
             raise InputError("--input-name must not be empty")
-        self.model_name = m["name"]
-        version = f"/versions/{m['version']}" if m["version"] else ""
-        self.model_url = f"{m['base']}/v2/models/{m['name']}{version}"
+        self.model_name = str(self.parts["name"])
+        version = f"/versions/{self.parts['version']}" if self.parts["version"] else ""
+        self.model_url = f"{self.parts['base']}/v2/models/{self.model_name}{version}"
         self.forced_input = input_name
         self.input_name = input_name or DEFAULT_INPUT
         self.datatype = "FP32"

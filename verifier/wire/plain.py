@@ -15,15 +15,7 @@ import numpy as np
 
 from core.errors import InputError, SuspectError
 from verifier.wire.client import Detection, SuspectClient
-from verifier.wire.tensors import (
-    AnswerColumn,
-    DecodedAnswer,
-    as_written,
-    interpret_outputs,
-    numbers,
-    only_ints,
-    read_records,
-)
+from verifier.wire.tensors import DecodedAnswer, read_listed
 
 __all__ = ["JsonClient"]
 
@@ -58,15 +50,6 @@ class JsonClient(SuspectClient):
             if not isinstance(v, dict) or part not in v:
                 raise SuspectError(f"suspect's answer has no field {'.'.join(self.output_path)!r}")
             holder, v = v, v[part]
-        what = "suspect's answer"
-        if isinstance(v, list) and v and all(isinstance(p, dict) for p in v):
-            columns, labels, kind = read_records(v, n, self.num_classes, what)
-            return DecodedAnswer([doc], labels, kind, columns)
-        labels, kind = interpret_outputs(v, n=n, num_classes=self.num_classes, what=what)
-        integral = kind == "labels" and only_ints(v)
         last = self.output_path[-1]
-
-        def put(new: np.ndarray) -> None:
-            holder[last] = as_written(new, integral)
-
-        return DecodedAnswer([doc], labels, kind, (AnswerColumn(numbers(v, what), kind, integral, put),))
+        return read_listed([doc], v, n, self.num_classes, "suspect's answer",
+                           lambda new: holder.__setitem__(last, new))

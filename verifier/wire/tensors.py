@@ -37,6 +37,8 @@ __all__ = [
     "interpret_outputs",
     "numbers",
     "only_ints",
+    "read_column",
+    "read_listed",
     "read_records",
 ]
 
@@ -232,6 +234,48 @@ ANSWER_FIELDS = frozenset(_SCORE_FIELDS + _LABEL_FIELDS)
 """The named outputs :func:`read_records` knows as answers."""
 
 
+def read_column(values: Any, n: int, num_classes: int, what: str,
+                write: Callable[[Any], None] | None) -> tuple[AnswerColumn, np.ndarray]:
+    """Parsed JSON ``values`` read as answers for ``n`` inputs: a column, and its labels.
+
+    Args:
+        values: the answers as the document holds them.
+        n: how many inputs were sent.
+        num_classes: the task's class count.
+        what: names the answers in errors.
+        write: puts JSON-ready replacement values back where ``values`` came
+            from; ``None`` for a form that cannot be rewritten.
+
+    Raises:
+        SuspectError: as :func:`interpret_outputs`.
+    """
+    labels, kind = interpret_outputs(values, n=n, num_classes=num_classes, what=what)
+    integral = kind == "labels" and only_ints(values)
+
+    def put(new: np.ndarray) -> None:
+        assert write is not None
+        write(as_written(new, integral))
+
+    return AnswerColumn(numbers(values, what), kind, integral, None if write is None else put), labels
+
+
+def read_listed(box: list[Any], values: Any, n: int, num_classes: int, what: str,
+                write: Callable[[Any], None]) -> DecodedAnswer:
+    """An answer document (in ``box``) whose answers ``values`` are numbers, or one record per input.
+
+    Records (objects of named outputs) are read by :func:`read_records`;
+    anything else by :func:`read_column`, written back through ``write``.
+
+    Raises:
+        SuspectError: the values are not answers for ``n`` inputs.
+    """
+    if isinstance(values, list) and values and all(isinstance(p, dict) for p in values):
+        columns, labels, kind = read_records(values, n, num_classes, what)
+        return DecodedAnswer(box, labels, kind, columns)
+    column, labels = read_column(values, n, num_classes, what, write)
+    return DecodedAnswer(box, labels, column.kind, (column,))
+
+
 def read_records(records: list[dict[str, Any]], n: int, num_classes: int, what: str
                  ) -> tuple[tuple[AnswerColumn, ...], np.ndarray, OutputKind]:
     """Answers given as one object of named fields per input (TF Serving's named outputs,
@@ -250,31 +294,29 @@ def read_records(records: list[dict[str, Any]], n: int, num_classes: int, what: 
     if len(records) != n:
         raise SuspectError(f"{what} has {len(records)} records for {n} inputs")
     columns: list[AnswerColumn] = []
-    primary: tuple[np.ndarray, OutputKind] | None = None
+    primary: np.ndarray | None = None
     failure: SuspectError | None = None
     for name in _SCORE_FIELDS + _LABEL_FIELDS:
         if not all(name in r for r in records):
             continue
         raw = [r[name] for r in records]
         wrapped = name in _LABEL_FIELDS and all(isinstance(v, list) and len(v) == 1 for v in raw)
-        vals = [v[0] for v in raw] if wrapped else raw
+
+        def write(new: list[Any], name: str = name, wrapped: bool = wrapped) -> None:
+            for r, v in zip(records, new, strict=True):
+                r[name] = [v] if wrapped else v
+
         try:
-            labels, kind = interpret_outputs(vals, n=n, num_classes=num_classes, what=f"{what} {name!r}")
+            column, labels = read_column([v[0] for v in raw] if wrapped else raw, n, num_classes,
+                                         f"{what} {name!r}", write)
         except SuspectError as exc:
             failure = failure or exc
             continue
-        integral = kind == "labels" and only_ints(vals)
-
-        def put(new: np.ndarray, name: str = name, wrapped: bool = wrapped,
-                integral: bool = integral) -> None:
-            for r, v in zip(records, as_written(new, integral), strict=True):
-                r[name] = [v] if wrapped else v
-
-        columns.append(AnswerColumn(numbers(vals, what), kind, integral, put))
-        primary = primary or (labels, kind)
+        columns.append(column)
+        primary = labels if primary is None else primary
     if primary is None:
         if failure is not None:
             raise failure
         fields = sorted({k for r in records for k in r})[:5]
         raise SuspectError(f"{what} has none of the known fields (it has {fields})")
-    return tuple(columns), primary[0], primary[1]
+    return tuple(columns), primary, columns[0].kind

@@ -21,19 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import InputError, SuspectError
+from core.errors import SuspectError
 from verifier.wire.client import Detection, SuspectClient
 from verifier.wire.inference import InferenceRequest, RequestError, Route, batch_of
-from verifier.wire.tensors import (
-    ANSWER_FIELDS,
-    AnswerColumn,
-    DecodedAnswer,
-    as_written,
-    interpret_outputs,
-    numbers,
-    only_ints,
-    read_records,
-)
+from verifier.wire.tensors import ANSWER_FIELDS, DecodedAnswer, interpret_outputs, read_column, read_records
 
 __all__ = ["PATH", "URL", "TorchServeClient", "answer_doc", "parse_request", "read_answer"]
 
@@ -50,14 +41,13 @@ class TorchServeClient(SuspectClient):
 
     protocol = "torchserve"
     max_batch = 1
+    url_form = URL
+    url_example = "a TorchServe URL looks like http://HOST/predictions/NAME"
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        m = URL.match(self.url)
-        if m is None:
-            raise InputError(f"a TorchServe URL looks like http://HOST/predictions/NAME, got {url!r}")
-        self.model_name = m["name"]
-        self.base = m["base"]
+        self.model_name = str(self.parts["name"])
+        self.base = str(self.parts["base"])
 
     def describe(self) -> Detection:
         status, meta = self.http.get_json(f"{self.base}/ping", "health status")
@@ -104,23 +94,25 @@ def read_answer(doc: Any, n: int, num_classes: int) -> DecodedAnswer:
     if isinstance(doc, dict):
         labels = _top_k(doc, num_classes)
         if labels is not None:
-            return DecodedAnswer(box, labels, "labels",
-                                 (AnswerColumn(labels.astype(np.float64), "labels", True, None),))
+            column, _ = read_column(labels.tolist(), 1, num_classes, what, None)
+            return DecodedAnswer(box, labels, "labels", (column,))
         columns, labels, kind = read_records([doc], 1, num_classes, what)
         return DecodedAnswer(box, labels, kind, columns)
     row = doc if isinstance(doc, list) and doc and isinstance(doc[0], list) else [doc]
-    labels, kind = interpret_outputs(row, n=1, num_classes=num_classes, what=what)
-    integral = kind == "labels" and only_ints(doc)
     nested = row is doc
 
-    def put(new: np.ndarray) -> None:
-        box[0] = as_written(new if nested else new[0], integral)
+    def write(new: list[Any]) -> None:
+        box[0] = new if nested else new[0]
 
-    return DecodedAnswer(box, labels, kind, (AnswerColumn(numbers(row, what), kind, integral, put),))
+    column, labels = read_column(row, 1, num_classes, what, write)
+    return DecodedAnswer(box, labels, column.kind, (column,))
 
 
-def parse_request(doc: Any, route: Route, input_shape: tuple[int, ...]) -> InferenceRequest:
+def parse_request(doc: Any, route: Route, input_shape: tuple[int, ...], *,
+                  max_batch: int = 1) -> InferenceRequest:
     """A TorchServe JSON request for one input: the body itself, or its ``data`` or ``body``.
+
+    ``max_batch`` is there for the codecs' common signature: TorchServe sends one input.
 
     Raises:
         RequestError: not one input of the model's size (see
@@ -129,7 +121,7 @@ def parse_request(doc: Any, route: Route, input_shape: tuple[int, ...]) -> Infer
     item = doc.get("data", doc.get("body")) if isinstance(doc, dict) else doc
     if item is None:
         raise RequestError("request needs the input as its body, or under 'data'")
-    x, layout = batch_of([item], None, input_shape, what="request data", max_batch=1)
+    x, layout = batch_of([item], None, input_shape, what="request data", max_batch=min(max_batch, 1))
     return InferenceRequest(route=route, inputs=x, layout=layout)
 
 

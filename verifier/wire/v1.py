@@ -20,18 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import InputError, SuspectError
+from core.errors import SuspectError
 from verifier.wire.client import Detection, SuspectClient
 from verifier.wire.inference import MAX_BATCH, InferenceRequest, RequestError, Route, batch_of
-from verifier.wire.tensors import (
-    AnswerColumn,
-    DecodedAnswer,
-    as_written,
-    interpret_outputs,
-    numbers,
-    only_ints,
-    read_records,
-)
+from verifier.wire.tensors import DecodedAnswer, read_listed
 
 __all__ = ["PATH", "URL", "TfServingClient", "answer_doc", "parse_request", "read_answer"]
 
@@ -45,17 +37,13 @@ class TfServingClient(SuspectClient):
     """KServe V1 / TensorFlow Serving REST (``:predict``)."""
 
     protocol = "tfserving"
+    url_form = URL
+    url_example = "a KServe V1 / TF Serving URL looks like http://HOST/v1/models/NAME[:predict]"
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        m = URL.match(self.url)
-        if m is None:
-            raise InputError(
-                f"a KServe V1 / TF Serving URL looks like http://HOST/v1/models/NAME[:predict], "
-                f"got {url!r}"
-            )
-        self.model_name = m["name"]
-        self.model_url = f"{m['base']}/v1/models/{m['name']}"
+        self.model_name = str(self.parts["name"])
+        self.model_url = f"{self.parts['base']}/v1/models/{self.model_name}"
 
     def describe(self) -> Detection:
         status, meta = self.http.get_json(self.model_url, "model status")
@@ -84,19 +72,8 @@ def read_answer(doc: Any, n: int, num_classes: int) -> DecodedAnswer:
     """
     if not isinstance(doc, dict) or "predictions" not in doc:
         raise SuspectError("suspect's answer has no 'predictions'")
-    preds = doc["predictions"]
-    what = "suspect's predictions"
-    if isinstance(preds, list) and preds and all(isinstance(p, dict) for p in preds):
-        columns, labels, kind = read_records(preds, n, num_classes, what)
-        return DecodedAnswer([doc], labels, kind, columns)
-    labels, kind = interpret_outputs(preds, n=n, num_classes=num_classes, what=what)
-    integral = kind == "labels" and only_ints(preds)
-
-    def put(new: np.ndarray) -> None:
-        doc["predictions"] = as_written(new, integral)
-
-    column = AnswerColumn(numbers(preds, what), kind, integral, put)
-    return DecodedAnswer([doc], labels, kind, (column,))
+    return read_listed([doc], doc["predictions"], n, num_classes, "suspect's predictions",
+                       lambda new: doc.__setitem__("predictions", new))
 
 
 def _instance(v: Any) -> Any:
