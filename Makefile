@@ -5,13 +5,19 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-embed datasets clean
+.PHONY: demo test lint bench-embed datasets mlserver clean
 
 # Fashion-MNIST (the benchmarks' data): Debian's dataset-fashion-mnist, installed
 # when missing and apt-get is usable (CI runs as root); otherwise a note, and the
 # tests that need it skip saying why. $WM_DATA_DIR/fashion-mnist/ also counts.
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 FMNIST_FILES  := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
+
+# MLServer (a real Open Inference Protocol server, as deployed with a custom runtime) for
+# tests/verifier/test_mlserver.py, in a venv of its own: its pins (starlette < 0.47, fastapi)
+# clash with wm's. Built when missing and the package index is reachable; otherwise a note,
+# and those tests skip saying why. $WM_MLSERVER_VENV points the tests at another one.
+MLSERVER_VENV := .venv-mlserver
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +41,14 @@ datasets:
 	  echo "      apt-get install dataset-fashion-mnist, or set WM_DATA_DIR; its tests will skip"; \
 	fi
 
-test: $(STAMP) datasets
+mlserver:
+	@[ -f $(MLSERVER_VENV)/.installed ] && exit 0; \
+	{ test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV); } && \
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -c constraints-mlserver.txt mlserver torch && \
+	touch $(MLSERVER_VENV)/.installed || \
+	echo "note: could not install MLServer in $(MLSERVER_VENV); its tests will skip"
+
+test: $(STAMP) datasets mlserver
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
@@ -48,4 +61,4 @@ bench-embed: $(STAMP)
 	$(BIN)/python -m benchmarks.embed
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,8 @@ under ``pytest -n 2``):
   serve``, ``wm guard``, ``wm witness serve``: any command that prints
   ``... at http://HOST:PORT...`` on stderr once bound) and reads the URL it
   printed, failing the test with the command's output if it does not come up
-  before the deadline.
+  before the deadline; :func:`process_server` does the same for any other
+  server command (MLServer, say) given how to find its URL.
 
 For a server that must be down at a known address first, bind a socket that
 does not listen (:func:`core.serving.bind` with ``listen=False``: connections
@@ -37,6 +38,7 @@ __all__ = [
     "BackgroundServer",
     "WmProcess",
     "bind",
+    "process_server",
     "running_server",
     "wait_until",
     "wm_server",
@@ -62,12 +64,12 @@ class WmProcess:
 
 
 def _drain(proc: subprocess.Popen[bytes], lines: list[str], found: threading.Event,
-           url: list[str]) -> None:
+           url: list[str], pattern: re.Pattern[str]) -> None:
     assert proc.stderr is not None
     for raw in iter(proc.stderr.readline, b""):
         line = raw.decode("utf-8", "replace")
         lines.append(line)
-        m = _URL.search(line)
+        m = pattern.search(line)
         if m and not url:
             url.append(m.group(1))
             found.set()
@@ -75,33 +77,36 @@ def _drain(proc: subprocess.Popen[bytes], lines: list[str], found: threading.Eve
 
 
 @contextmanager
-def wm_server(args: Sequence[str], *, env: Mapping[str, str] | None = None,
-              deadline: float = 60.0) -> Iterator[WmProcess]:
-    """Run ``wm ARGS`` (which must include ``--port 0``) until the block ends.
+def process_server(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                   deadline: float = 60.0, url: re.Pattern[str] = _URL,
+                   cwd: str | None = None) -> Iterator[WmProcess]:
+    """Run a server command that picks its own port until the block ends.
 
     Args:
-        args: the command line after ``wm``.
+        argv: the command.
         env: extra environment variables.
         deadline: seconds to wait for the bound URL on stderr.
+        url: finds the base URL (its group 1) in a line of the command's stderr.
+        cwd: the working directory.
 
     Yields:
         The process and the base URL (``http://HOST:PORT``) it printed.
     """
-    proc = subprocess.Popen([*WM, *args], env={**os.environ, **(env or {})},
+    proc = subprocess.Popen(list(argv), env={**os.environ, **(env or {})}, cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lines: list[str] = []
     found = threading.Event()
-    url: list[str] = []
-    reader = threading.Thread(target=_drain, args=(proc, lines, found, url), daemon=True)
+    got: list[str] = []
+    reader = threading.Thread(target=_drain, args=(proc, lines, found, got, url), daemon=True)
     reader.start()
     try:
-        if not found.wait(deadline) or not url:
+        if not found.wait(deadline) or not got:
             proc.kill()
             proc.wait(10)
             reader.join(5)
-            pytest.fail(f"`wm {' '.join(args)}` did not print its URL within {deadline:g} s "
+            pytest.fail(f"`{' '.join(argv)}` did not print its URL within {deadline:g} s "
                         f"(exit {proc.poll()}): {''.join(lines)[-2000:]}")
-        yield WmProcess(proc, url[0], lines)
+        yield WmProcess(proc, got[0], lines)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -111,6 +116,14 @@ def wm_server(args: Sequence[str], *, env: Mapping[str, str] | None = None,
                 proc.kill()
                 proc.wait(10)
         reader.join(5)
+
+
+@contextmanager
+def wm_server(args: Sequence[str], *, env: Mapping[str, str] | None = None,
+              deadline: float = 60.0) -> Iterator[WmProcess]:
+    """Run ``wm ARGS`` (which must include ``--port 0``) until the block ends; see :func:`process_server`."""
+    with process_server([*WM, *args], env=env, deadline=deadline) as srv:
+        yield srv
 
 
 def wait_until(condition: Callable[[], bool], *, deadline: float = 30.0,

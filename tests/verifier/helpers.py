@@ -16,9 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from core.data import load_digits
 from core.probeset import ProbeSet
 from core.serving import bind, url_of
 from verifier.session import input_digest
+from watermark import WatermarkHook, WatermarkKey, parse_scheme
 
 Behaviour = Callable[[Request, Any, int], Response | None]
 
@@ -155,6 +157,96 @@ def misbehaving_app(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8,
     return app
 
 
+def label_of(row: np.ndarray) -> int:
+    """The label :func:`deployed_app`'s models give an input: a fixed function of its values."""
+    return int(abs(float(np.asarray(row, dtype=np.float64).sum())) * 1000) % 10
+
+
+DEPLOYED: dict[str, dict[str, Any]] = {
+    # OIP model metadata as real servers publish it (name -> the "inputs" they declare, or none)
+    "mlserver": {"inputs": [], "outputs": []},  # MLServer, custom runtime: declares nothing
+    "bare": {},  # no "inputs" or "outputs" at all
+    "free": {"inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, -1, -1, -1]}]},
+    "flat": {"inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, 64]}]},
+    "nobatch": {"inputs": [{"name": "input-0", "datatype": "FP32", "shape": [1, 8, 8]}]},
+    "named": {"inputs": [{"name": "pixels", "datatype": "FP64", "shape": [-1, 1, 8, 8]}],
+              "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 10]}]},
+    "bytes": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}]},
+    "wide": {"inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, 3, 8, 8]}]},
+}
+
+
+def deployed_app() -> Starlette:
+    """Model servers as deployed, each as strict as Triton about what it declared.
+
+    OIP models (:data:`DEPLOYED`) refuse an input name, datatype or layout other
+    than the one they declare (``-1`` is free; with nothing declared, anything
+    goes) and answer ``[N, 1]`` INT64 labels (``scores``: ``[N, 10]`` FP32).
+    V1 model ``dicts`` answers objects of named outputs; TorchServe model
+    ``topk`` a top-k map and ``record`` an object with a label. Every label is
+    :func:`label_of` of the input.
+    """
+
+    async def meta(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in DEPLOYED:
+            return JSONResponse({"error": f"Model {name} not found"}, status_code=404)
+        return JSONResponse({"name": name, "versions": [], "platform": "", **DEPLOYED[name]})
+
+    async def infer(request: Request) -> Response:
+        name = request.path_params["name"]
+        t = (await request.json())["inputs"][0]
+        declared = (DEPLOYED[name].get("inputs") or [None])[0]
+        if declared is not None:
+            layout = declared["shape"][1:] if declared["shape"][0] == -1 else declared["shape"]
+            if t["name"] != declared["name"] or t["datatype"] != declared["datatype"] or any(
+                d not in (-1, s) for d, s in zip(layout, t["shape"][1:], strict=True)
+            ) or len(layout) != len(t["shape"]) - 1:
+                return JSONResponse({"error": f"bad input {t['name']} {t['datatype']} {t['shape']}"},
+                                    status_code=400)
+        x = np.asarray(t["data"], dtype=np.float64).reshape(t["shape"])
+        labels = [label_of(row) for row in x]
+        if name == "named":
+            scores = np.full((len(labels), 10), 0.01)
+            scores[np.arange(len(labels)), labels] = 0.91
+            out = {"name": "scores", "shape": [len(labels), 10], "datatype": "FP32",
+                   "data": scores.reshape(-1).tolist()}
+        else:
+            out = {"name": "output-0", "shape": [len(labels), 1], "datatype": "INT64", "data": labels}
+        return JSONResponse({"model_name": name, "outputs": [out]})
+
+    async def v1_status(request: Request) -> Response:
+        return JSONResponse({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]})
+
+    async def v1_predict(request: Request) -> Response:
+        rows = (await request.json())["instances"]
+        preds = []
+        for row in rows:
+            label = label_of(np.asarray(row))
+            probs = [0.01] * 10
+            probs[label] = 0.91
+            preds.append({"probabilities": probs, "classes": label})
+        return JSONResponse({"predictions": preds})
+
+    async def ping(request: Request) -> Response:
+        return JSONResponse({"status": "Healthy"})
+
+    async def torchserve(request: Request) -> Response:
+        label = label_of(np.asarray((await request.json())["data"]))
+        if request.path_params["name"] == "topk":
+            return JSONResponse({str(label): 0.91, str((label + 1) % 10): 0.05})
+        return JSONResponse([{"label": label}])
+
+    return Starlette(routes=[
+        Route("/v2/models/{name}", meta, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v1/models/{name}", v1_status, methods=["GET"]),
+        Route("/v1/models/{name}:predict", v1_predict, methods=["POST"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/predictions/{name}", torchserve, methods=["POST"]),
+    ])
+
+
 @contextmanager
 def raw_server(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
     """A TCP server on a port-0 socket that hands each connection to ``handle`` (in a thread).
@@ -221,6 +313,30 @@ def dripping_server(interval: float = 0.05) -> Iterator[tuple[str, list[int]]]:
 
     with raw_server(drip) as url:
         yield url, sent
+
+
+OWNER_KEY = WatermarkKey(bytes(range(32)))
+"""The watermark key of the test owners (a fixed key: the same probes every run)."""
+
+
+def digits_watermark(key: WatermarkKey = OWNER_KEY) -> ProbeSet:
+    """The trigger-set watermark probes of ``key`` for a digits model (100 probes, key-random labels)."""
+    splits = load_digits()
+    return parse_scheme("trigger-set").probes(key, num_classes=10, input_shape=splits.input_shape,
+                                              data=splits.train)
+
+
+def watermarked_cnn(probes: ProbeSet, epochs: int = 30) -> torch.nn.Module:
+    """A CNN really trained on digits with ``probes`` embedded by the training hook (seed 0)."""
+    from core.arch import build_model
+    from core.training import train_classifier
+
+    splits = load_digits()
+    torch.manual_seed(0)
+    owner = build_model("cnn", splits.input_shape, 10)
+    train_classifier(owner, splits.train.x, splits.train.y, epochs=epochs, seed=0,
+                     hook=WatermarkHook(probes))
+    return owner
 
 
 def untrained(arch: str = "mlp", seed: int = 0) -> torch.nn.Module:

@@ -17,15 +17,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from core.data import load_digits
 from core.errors import SuspectError
 from core.modelio import save_model
 from core.serving import BackgroundServer, running_server
 from registry.log import Registry
 from verifier.wire import HttpSettings, make_client
-from watermark import WatermarkKey, WatermarkSecret, parse_scheme, write_secret
+from watermark import WatermarkSecret, write_secret
 
-from .helpers import dripping_server, misbehaving_app, untrained
+from .helpers import OWNER_KEY, digits_watermark, dripping_server, misbehaving_app, untrained
 
 X = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(5)).numpy()
 
@@ -84,10 +83,7 @@ def owner_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     d = tmp_path_factory.mktemp("hostile")
     env = {"WM_HOME": str(d / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
     model = save_model(untrained("mlp"), d / "m.pt2", input_shape=(1, 8, 8), num_classes=10, arch="mlp")
-    key = WatermarkKey(bytes(range(32)))
-    probes = parse_scheme("trigger-set").probes(key, num_classes=10, input_shape=(1, 8, 8),
-                                                data=load_digits().train)
-    write_secret(d / "m.pt2.wmkey", WatermarkSecret(key=key, probes=probes))
+    write_secret(d / "m.pt2.wmkey", WatermarkSecret(key=OWNER_KEY, probes=digits_watermark()))
     from cli.main import _register_commands, wm
 
     _register_commands()

@@ -25,7 +25,6 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from core.arch import build_model
 from core.data import Splits, load_digits
 from core.modelio import load_model, save_model
 from core.probeset import ProbeSet
@@ -35,7 +34,9 @@ from verifier.server import ServedModel, build_app
 from verifier.session import DEFAULT_FUTILITY, ProbeSource, QueryPlan, VerificationSession
 from verifier.stats import TestInput, compute_statistics
 from verifier.wire import HttpSettings, make_client
-from watermark import WatermarkHook, WatermarkKey, WatermarkSecret, parse_scheme, write_secret
+from watermark import WatermarkKey, WatermarkSecret, parse_scheme, write_secret
+
+from .helpers import OWNER_KEY, digits_watermark, watermarked_cnn
 
 DERIVED = ("copy", "finetuned", "pruned")
 INDEPENDENT = ("ind-cnn-1", "ind-cnn-2", "ind-mlp-3", "ind-cnn-wide-4", "ind-mlp-wide-5")
@@ -74,13 +75,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
 
 def _train_zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
     splits = load_digits()
-    key = WatermarkKey(bytes(range(32)))
-    probes = parse_scheme("trigger-set").probes(key, num_classes=10, input_shape=splits.input_shape,
-                                                data=splits.train)
-    torch.manual_seed(0)
-    owner = build_model("cnn", splits.input_shape, 10)
-    train_classifier(owner, splits.train.x, splits.train.y, epochs=30, seed=0,
-                     hook=WatermarkHook(probes))
+    key = OWNER_KEY
+    probes = digits_watermark(key)
+    owner = watermarked_cnn(probes)
     finetuned = copy.deepcopy(owner)
     pool = splits.attacker_pool
     assert pool is not None

@@ -26,7 +26,7 @@ from verifier.wire import (
 )
 from verifier.wire.transport import retry_after
 
-from .helpers import dropping_server, misbehaving_app, untrained
+from .helpers import deployed_app, dropping_server, label_of, misbehaving_app, untrained
 
 X = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
 
@@ -307,3 +307,73 @@ def test_retry_after_forms(value: str | None, low: float | None, high: float | N
         assert got is None
     else:
         assert got is not None and low <= got <= high  # type: ignore[operator]
+
+
+# ---------------------------------------------------------------- servers as deployed (issue 11)
+
+
+@pytest.fixture(scope="module")
+def deployed() -> Iterator[BackgroundServer]:
+    with running_server(deployed_app()) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("mlserver", "model declares no inputs: sending 'input-0' as FP32 [N, 1, 8, 8]"),
+        ("bare", "model declares no inputs: sending 'input-0' as FP32 [N, 1, 8, 8]"),
+        ("free", "input 'input-0' FP32 [-1, -1, -1, -1] as FP32 [N, 1, 8, 8]"),
+        ("flat", "input 'input-0' FP32 [-1, 64] as FP32 [N, 64]"),
+        ("nobatch", "input 'input-0' FP32 [1, 8, 8] as FP32 [N, 1, 8, 8]"),
+        ("named", "input 'pixels' FP64 [-1, 1, 8, 8] as FP64 [N, 1, 8, 8], output 'scores'"),
+    ],
+)
+def test_oip_servers_as_deployed_get_the_inputs_they_declare(
+    deployed: BackgroundServer, name: str, words: str
+) -> None:
+    client, found = detect(f"{deployed.url}/v2/models/{name}/infer", num_classes=10, input_shape=(1, 8, 8))
+    with client:
+        assert words in found.detail
+        answer = client.infer(X.numpy())
+    assert answer.labels.tolist() == [label_of(r) for r in X.numpy()]
+
+
+def test_input_name_overrides_the_metadata(deployed: BackgroundServer) -> None:
+    url = f"{deployed.url}/v2/models/named/infer"
+    with make_client("oip", url, num_classes=10, input_shape=(1, 8, 8), input_name="pixels") as client:
+        client.describe()
+        assert client.infer(X.numpy()).labels.tolist() == [label_of(r) for r in X.numpy()]
+    with _client(url) as plain, make_client("oip", url, num_classes=10, input_shape=(1, 8, 8),
+                                            input_name="image") as wrong:
+        assert "model has no input 'image'" in wrong.describe().detail
+        with pytest.raises(SuspectError, match="HTTP 400: bad input image"):
+            wrong.infer(X.numpy())
+        plain.describe()  # the metadata's own name
+        assert plain.infer(X.numpy()).output == "probabilities"
+    with pytest.raises(InputError, match="--input-name must not be empty"):
+        make_client("oip", url, num_classes=10, input_shape=(1, 8, 8), input_name=" ")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bytes", "suspect model's input 'image' takes BYTES; the probes are floats"),
+        ("wide", r"suspect model takes inputs \[-1, 3, 8, 8\]; the probes are \[1, 8, 8\]"),
+    ],
+)
+def test_oip_inputs_that_cannot_carry_the_probes(deployed: BackgroundServer, name: str, message: str) -> None:
+    with _client(f"{deployed.url}/v2/models/{name}") as client, pytest.raises(SuspectError, match=message):
+        client.describe()
+
+
+@pytest.mark.parametrize(("protocol", "path"), [("tfserving", "/v1/models/dicts"),
+                                               ("torchserve", "/predictions/topk"),
+                                               ("torchserve", "/predictions/record")])
+def test_v1_and_torchserve_answers_as_dicts(deployed: BackgroundServer, protocol: str, path: str) -> None:
+    x = X.numpy()
+    with make_client(protocol, deployed.url + path, num_classes=10, input_shape=(1, 8, 8)) as client:
+        client.describe()
+        rows = [x[i : i + 1] for i in range(len(x))] if client.max_batch == 1 else [x]
+        labels = np.concatenate([client.infer(r).labels for r in rows])
+    assert labels.tolist() == [label_of(r) for r in x]

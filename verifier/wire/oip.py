@@ -67,7 +67,6 @@ URL = re.compile(
 PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 """The path of an OIP inference request, as a server routes it."""
 DEFAULT_INPUT = "input-0"
-_SENDABLE = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 
 def _fit(dims: list[int], probe_shape: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -162,7 +161,7 @@ class OipClient(SuspectClient):
             if isinstance(chosen.get("name"), str) and chosen["name"]:
                 self.input_name = chosen["name"]
             datatype = chosen.get("datatype")
-            if isinstance(datatype, str) and datatype not in _SENDABLE:
+            if isinstance(datatype, str) and datatype not in FLOAT_TYPES:
                 raise SuspectError(
                     f"suspect model's input {self.input_name!r} takes {datatype}; the probes are floats"
                 )
@@ -271,7 +270,7 @@ def read_answer(doc: Any, n: int, num_classes: int, *, output_name: str | None =
 
 def parse_request(doc: Any, route: Route, input_shape: tuple[int, ...], *,
                   max_batch: int = MAX_BATCH) -> InferenceRequest:
-    """An OIP inference request with exactly one FP16/FP32/FP64 input tensor, in JSON.
+    """An OIP inference request with exactly one floating-point input tensor, in JSON.
 
     Raises:
         RequestError: anything else (see :func:`verifier.wire.inference.batch_of`
@@ -288,7 +287,7 @@ def parse_request(doc: Any, route: Route, input_shape: tuple[int, ...], *,
             raise RequestError(f"input tensor lacks {key!r}")
     if not isinstance(tensor["name"], str):
         raise RequestError("input tensor's 'name' must be a string")
-    if tensor["datatype"] not in ("FP16", "FP32", "FP64"):
+    if tensor["datatype"] not in FLOAT_TYPES:
         raise RequestError(f"input datatype {tensor['datatype']!r} is not supported; use FP32")
     shape = shape_of(tensor["shape"], "input 'shape'")
     for params in (tensor.get("parameters"), doc.get("parameters")):
