@@ -22,12 +22,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 import httpx
 import numpy as np
 
+from core.clock import utc_now
 from core.errors import InputError, SuspectError
 from verifier.wire.tensors import DecodedAnswer, OutputKind
 from verifier.wire.transport import HttpCaller, HttpSettings, error_text, parse_suspect_json
@@ -67,10 +67,6 @@ class SuspectAnswer:
     attempts: int
     latency_s: float
     time: str
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SuspectClient(ABC):
@@ -152,7 +148,7 @@ class SuspectClient(ABC):
             raise InputError(f"{self.protocol} takes at most {self.max_batch} inputs per request")
         url, doc = self.request_body(np.ascontiguousarray(x, dtype=np.float32))
         body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-        when = _now()
+        when = utc_now()
         reply = self.http.send("POST", url, body)
         if reply.status != 200:
             hint = None
