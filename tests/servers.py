@@ -24,8 +24,7 @@ import re
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -40,7 +39,6 @@ __all__ = [
     "bind",
     "process_server",
     "running_server",
-    "wait_until",
     "wm_server",
 ]
 
@@ -78,14 +76,15 @@ def _drain(proc: subprocess.Popen[bytes], lines: list[str], found: threading.Eve
 
 @contextmanager
 def process_server(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                   deadline: float = 60.0, url: re.Pattern[str] = _URL,
+                   deadline: float = 300.0, url: re.Pattern[str] = _URL,
                    cwd: str | None = None) -> Iterator[WmProcess]:
     """Run a server command that picks its own port until the block ends.
 
     Args:
         argv: the command.
         env: extra environment variables.
-        deadline: seconds to wait for the bound URL on stderr.
+        deadline: seconds to wait for the bound URL on stderr (a server imports torch
+            first: seconds on an idle machine, minutes on a loaded one).
         url: finds the base URL (its group 1) in a line of the command's stderr.
         cwd: the working directory.
 
@@ -120,17 +119,7 @@ def process_server(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
 
 @contextmanager
 def wm_server(args: Sequence[str], *, env: Mapping[str, str] | None = None,
-              deadline: float = 60.0) -> Iterator[WmProcess]:
+              deadline: float = 300.0) -> Iterator[WmProcess]:
     """Run ``wm ARGS`` (which must include ``--port 0``) until the block ends; see :func:`process_server`."""
     with process_server([*WM, *args], env=env, deadline=deadline) as srv:
         yield srv
-
-
-def wait_until(condition: Callable[[], bool], *, deadline: float = 30.0,
-               what: str = "the condition") -> None:
-    """Poll ``condition()`` until it is true; fail the test after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"{what} did not hold within {deadline:g} s")
-        time.sleep(0.01)

@@ -236,3 +236,26 @@ def test_torchserve_answers_as_numbers_lists_or_dicts(doc: object, label: int, w
 def test_torchserve_class_names_are_refused() -> None:
     with pytest.raises(SuspectError, match="class names that are not class indices"):
         read_answer(TS, b'{"tabby": 0.9, "tiger": 0.1}', 1, 4)
+
+
+_output = st.fixed_dictionaries({
+    "name": st.text(max_size=3),
+    "shape": st.one_of(st.lists(st.integers(-1, 4), max_size=3), _json),
+    "datatype": st.sampled_from(["INT64", "FP32", "BYTES", "BOOL"]),
+    "data": st.one_of(st.lists(st.one_of(st.integers(-3, 12), st.floats(allow_nan=False)), max_size=12),
+                      _json),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.one_of(_json, st.fixed_dictionaries({"outputs": st.lists(_output, max_size=3)}),
+                     st.fixed_dictionaries({"predictions": _json})),
+       protocol=st.sampled_from(["oip", "tfserving", "torchserve"]), n=st.integers(1, 3))
+def test_any_answer_is_read_as_labels_in_range_or_refused(doc: object, protocol: str, n: int) -> None:
+    n = 1 if protocol == "torchserve" else n
+    try:
+        answer = read_answer(Route(protocol, "m"), json.dumps(doc).encode(), n, 4)  # type: ignore[arg-type]
+    except SuspectError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert answer.labels.shape == (n,) and ((answer.labels >= 0) & (answer.labels < 4)).all()

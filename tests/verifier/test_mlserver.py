@@ -80,7 +80,7 @@ def mlserver(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     (repo / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": 0, "grpc_port": 0, "metrics_endpoint": None,
         "parallel_workers": 0}))
-    with process_server([str(binary), "start", str(repo)], deadline=240, cwd=str(repo),
+    with process_server([str(binary), "start", str(repo)], deadline=600, cwd=str(repo),
                         url=re.compile(r"Uvicorn running on (http://[^\s/]+)")) as srv:
         yield srv.url
 
