@@ -26,9 +26,10 @@ from core.arch import build_model
 from core.data import load_npz
 from core.inputrange import InputRange
 from core.modelio import load_model, save_model
+from core.serving import BackgroundServer, running_server
 from core.training import accuracy, train_classifier
 from tests.synthetic import synthetic_arrays
-from verifier.server import BackgroundServer, ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 from watermark import TriggerSet, WatermarkHook, WatermarkKey, WatermarkSecret, write_secret
 from watermark.secret import secret_path
 
