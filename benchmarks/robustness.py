@@ -79,6 +79,7 @@ from core.arch import build_model
 from core.data import BUILTIN, Splits, load_data
 from core.modelio import load_model, save_model, weights_digest
 from core.probeset import ProbeSet
+from core.serving import running_server
 from core.training import Recipe, accuracy, default_recipe, predict, train_classifier, train_new
 from fingerprint import ConferrableExamples, EnsembleConfig, build_fingerprint
 from guard.probes import commit_guard_probes
@@ -86,7 +87,7 @@ from guard.service import GuardOptions, GuardService, open_vault
 from registry.keys import generate_owner_key
 from registry.log import Registry
 from registry.register import register_model
-from verifier.server import ServedModel, build_app, running_server
+from verifier.server import ServedModel, build_app
 from verifier.session import DECOY, ProbeSource, QueryPlan
 from verifier.stats import Statistics, TestInput, compute_statistics
 from watermark import TriggerSet, WatermarkHook, WatermarkKey
