@@ -80,7 +80,7 @@ def _no_constants(name: str) -> Any:
     raise _ConstantError(name)
 
 
-def parse_json(data: bytes | str, *, what: str) -> Any:
+def parse_json(data: bytes | bytearray | str, *, what: str) -> Any:
     """Parse JSON, refusing NaN and infinities, with one clear error naming ``what``.
 
     Raises:

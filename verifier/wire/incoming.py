@@ -69,7 +69,7 @@ def route_of(method: str, path: str) -> Route | None:
     return None
 
 
-def parse_request(route: Route, body: bytes, input_shape: tuple[int, ...], *,
+def parse_request(route: Route, body: bytes | bytearray, input_shape: tuple[int, ...], *,
                   max_batch: int = MAX_BATCH) -> InferenceRequest:
     """A request's body, parsed strictly and read by its protocol's codec.
 
@@ -148,8 +148,10 @@ class RequestReader:
         self._pool: ProcessPoolExecutor | None = None
 
     @asynccontextmanager
-    async def body(self, receive: Receive, declared: str | None = None) -> AsyncIterator[bytes]:
+    async def body(self, receive: Receive, declared: str | None = None) -> AsyncIterator[bytearray]:
         """``async with reader.body(receive) as body:`` the whole body, counted against the budget.
+
+        The body is the buffer it was read into (no copy: a large body is held once).
 
         Args:
             receive: the ASGI receive callable.
@@ -160,11 +162,20 @@ class RequestReader:
                 budget, 400 when the client disconnected mid-body.
         """
         lim = self.limits
-        if declared is not None and declared.isdigit() and int(declared) > lim.max_bytes:
+        size = int(declared) if declared is not None and declared.isdigit() else None
+        if size is not None and size > lim.max_bytes:
             raise RequestError(f"request body over {lim.max_bytes} bytes", 413)
-        body = bytearray()
-        deadline = time.monotonic() + lim.timeout
+        # A declared length is allocated, and counted against the budget, up front: the body is
+        # written in place (never copied as it grows) and a client that declares much and sends
+        # little still holds only what the budget allows.
+        body = bytearray(size or 0)
+        held = 0
+        received = 0
         try:
+            if size:
+                self._hold(size)
+                held = size
+            deadline = time.monotonic() + lim.timeout
             while True:
                 try:
                     async with asyncio.timeout(deadline - time.monotonic()):
@@ -175,19 +186,28 @@ class RequestReader:
                 if message["type"] == "http.disconnect":
                     raise RequestError("client disconnected before sending the whole body")
                 chunk: bytes = message.get("body", b"")
-                if len(body) + len(chunk) > lim.max_bytes:
+                end = received + len(chunk)
+                if end > lim.max_bytes:
                     raise RequestError(f"request body over {lim.max_bytes} bytes", 413)
-                if self.buffered + len(chunk) > lim.max_buffered:
-                    raise RequestError("server busy: too many request bytes in flight; retry", 503)
-                self.buffered += len(chunk)
-                body += chunk
+                if end > held:
+                    self._hold(end - held)
+                    held = end
+                body[received:end] = chunk
+                received = end
                 if not message.get("more_body", False):
                     break
-            yield bytes(body)
+            del body[received:]
+            yield body
         finally:
-            self.buffered -= len(body)
+            self.buffered -= held
 
-    async def parse(self, route: Route, body: bytes, input_shape: tuple[int, ...]) -> InferenceRequest:
+    def _hold(self, n: int) -> None:
+        if self.buffered + n > self.limits.max_buffered:
+            raise RequestError("server busy: too many request bytes in flight; retry", 503)
+        self.buffered += n
+
+    async def parse(self, route: Route, body: bytes | bytearray, input_shape: tuple[int, ...]
+                    ) -> InferenceRequest:
         """:func:`parse_request`: inline for a small body, in a worker process for a large one.
 
         Raises:
@@ -210,6 +230,6 @@ class RequestReader:
             self._pool = None
 
 
-def _parse_in_worker(route: Route, body: bytes, input_shape: tuple[int, ...],
+def _parse_in_worker(route: Route, body: bytes | bytearray, input_shape: tuple[int, ...],
                      max_batch: int) -> InferenceRequest:
     return parse_request(route, body, input_shape, max_batch=max_batch)
