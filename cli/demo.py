@@ -130,11 +130,11 @@ def _prepare(out: Path) -> None:
     (out / MARKER).write_text("made by `wm demo`; removed by the next run\n")
 
 
-def _answer_via_http(url: str) -> Any:
+def _answer_via_http(url: str, num_classes: int, input_shape: tuple[int, ...]) -> Any:
     """The thief's view of the guarded API: an answer function over real HTTP (labels only)."""
     from verifier.wire.oip import OipClient
 
-    client = OipClient(url, num_classes=10, input_shape=(1, 8, 8))
+    client = OipClient(url, num_classes=num_classes, input_shape=input_shape)
 
     def answer(x: torch.Tensor) -> torch.Tensor:
         got = client.infer(x.numpy().astype(np.float32))
@@ -169,6 +169,7 @@ def demo_cmd(ctx: Context, out: str) -> None:
     _prepare(out_dir)
     runner = Runner(out_dir)
     splits = load_digits()
+    classes = splits.num_classes
     assert splits.attacker_pool is not None
     owner_pt2 = out_dir / "owner.pt2"
     with _servers(runner):
@@ -196,19 +197,19 @@ def demo_cmd(ctx: Context, out: str) -> None:
             attacks.FineTune("all", epochs=10)(to_trainable(load_model(owner_pt2)),
                                                splits.attacker_pool, seed=11), seed=11)
         click.echo("   a. weight theft: the weights fine-tuned on the attacker's pool, then 50% pruned")
-        answer, client = _answer_via_http(f"{guard_url}/infer")
+        answer, client = _answer_via_http(f"{guard_url}/infer", classes, splits.input_shape)
         with client:
             queries = attacks.query_inputs(splits.attacker_pool.x, EXTRACTION_QUERIES, seed=12)
-            surrogate = attacks.Extract("cnn", epochs=60)(answer, queries, num_classes=10, seed=12)
+            surrogate = attacks.Extract("cnn", epochs=60)(answer, queries, num_classes=classes, seed=12)
         click.echo(f"   b. model stealing: {EXTRACTION_QUERIES} queries to the guarded API, "
                    "labels only, a CNN trained on the answers")
         independent = train_new("cnn", splits.attacker_pool.x, splits.attacker_pool.y,
-                                num_classes=10, epochs=30, seed=13)
+                                num_classes=classes, epochs=30, seed=13)
         click.echo("   c. an independent CNN trained on its own labelled digits (the control)")
         suspects = {"weight-theft": stolen, "extracted": surrogate, "independent": independent}
         for name, model in suspects.items():
-            save_model(model, out_dir / f"suspect-{name}.pt2", input_shape=(1, 8, 8),
-                       num_classes=10, arch="cnn")
+            save_model(model, out_dir / f"suspect-{name}.pt2", input_shape=splits.input_shape,
+                       num_classes=classes, arch="cnn", input_range=splits.input_range)
 
         click.echo("6. the owner commits the guard's marked queries (stops the guard first)")
         runner.stop_all()
