@@ -48,6 +48,7 @@ __all__ = [
     "FASHION_MNIST_SPLIT_SEED",
     "Dataset",
     "Splits",
+    "decoy_data",
     "fashion_mnist_dir",
     "load_data",
     "load_digits",
@@ -330,3 +331,41 @@ def load_data(spec: str) -> Splits:
         return load_npz(spec)
     raise DataError(f"unknown data set {spec!r}",
                     hint=f"use {' or '.join(repr(b) for b in BUILTIN)} or a path to an .npz file")
+
+
+def decoy_data(spec: str | None, recorded: dict[str, str | None]) -> Splits:
+    """The data whose test split gives ``wm verify`` its decoys: ``spec``, else the models' own.
+
+    Decoys are ordinary inputs of the suspect's task, shuffled among the
+    probes so a suspect cannot pick the probes out; they must be the model's
+    own kind of input, never some other data set by accident.
+
+    Args:
+        spec: ``--decoys`` as given (a built-in name or an ``.npz`` path), or ``None``.
+        recorded: each named model's training data as the registry records it
+            (a built-in name, or the training file's name; ``None`` when unknown).
+
+    Raises:
+        DataError: no ``spec`` and the models' data is unknown, differs between
+            them, or is a file that is not in the current directory.
+    """
+    if spec is not None:
+        return load_data(spec)
+    hint = "give --decoys: a built-in data set, or an .npz of inputs like the model's"
+    if not recorded:
+        raise DataError("no model is named to take decoys from", hint=hint)
+    for model, name in sorted(recorded.items()):
+        if name is None:
+            raise DataError(f"the registry does not say which data model {model!r} was trained on",
+                            hint=hint)
+    names = sorted({n for n in recorded.values() if n is not None})
+    if len(names) > 1:
+        raise DataError(f"the named models were trained on different data ({', '.join(names)})", hint=hint)
+    name = names[0]
+    if name in BUILTIN:
+        return load_data(name)
+    if Path(name).is_file():
+        return load_npz(name)
+    model = sorted(recorded)[0]
+    raise DataError(f"model {model!r} was trained on {name}, which is not in the current directory",
+                    hint=f"give --decoys PATH/TO/{name}")

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from core import data as data_module
-from core.data import Splits, fashion_mnist_dir, load_data, load_digits, load_fashion_mnist, load_npz
+from core.data import (
+    Splits,
+    decoy_data,
+    fashion_mnist_dir,
+    load_data,
+    load_digits,
+    load_fashion_mnist,
+    load_npz,
+)
 from core.errors import DataError
 from core.idx import find_idx, parse_idx, read_idx
 from core.inputrange import UNIT, InputRange
@@ -243,3 +251,20 @@ def test_read_idx_checks_digest_and_bounds_decompression(tmp_path: Path) -> None
     (tmp_path / "junk.gz").write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match=r"junk.gz cannot be read \(BadGzipFile"):
         read_idx(tmp_path / "junk.gz", size=len(good), sha256=digest)
+
+
+def test_decoys_come_from_the_models_own_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert decoy_data(None, {"m": "digits"}).name == "digits"
+    assert decoy_data(None, {"a": "digits", "b": "digits"}).name == "digits"
+    _save(tmp_path, x=GOOD_X, y=GOOD_Y)
+    assert decoy_data(str(tmp_path / "d.npz"), {"m": None}).name == "d"  # --decoys wins
+    monkeypatch.chdir(tmp_path)
+    assert decoy_data(None, {"m": "d.npz"}).input_shape == (1, 4, 4)  # the file's name, found here
+    for recorded, message in [
+        ({"m": None}, "the registry does not say which data model 'm' was trained on"),
+        ({"a": "digits", "b": "d.npz"}, r"the named models were trained on different data \(d.npz, digits\)"),
+        ({"m": "elsewhere.npz"}, "model 'm' was trained on elsewhere.npz, which is not in the current"),
+        ({}, "no model is named to take decoys from"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            decoy_data(None, recorded)
