@@ -226,7 +226,7 @@ def demo_cmd(ctx: Context, out: str) -> None:
             proc = runner.run("verify", "--suspect", f"{url}/infer", "--model", MODEL, "--json",
                               "--evidence", str(bundle), ok_codes=(0, 1))
             result = json.loads(proc.stdout)
-            runner.run("evidence", "check", str(bundle))
+            runner.run("evidence", "check", str(bundle), "--owner-key", str(runner.home / "owner.pub"))
             runner.stop_all()
             acc = accuracy(load_model(out_dir / f"suspect-{name}.pt2"), splits.test.x, splits.test.y)
             rows.append((name, acc, result))

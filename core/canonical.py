@@ -70,6 +70,8 @@ def canonical_json(value: Any) -> bytes:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise InputError(f"value cannot be canonically encoded as JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InputError("value is nested too deeply to encode as JSON") from exc
 
 
 class _ConstantError(ValueError):

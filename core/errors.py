@@ -15,7 +15,7 @@ raises these and never prints or exits.
     ├── RegistryError         the registry database: unreachable, unknown revision
     │   └── IntegrityError    a record, proof, signature or log that does not verify
     ├── SuspectError          a suspect API that is unreachable or answers garbage
-    └── EvidenceError         an evidence bundle that does not verify
+    └── EvidenceError         an evidence bundle that does not verify (``part`` names the check)
 
 Messages never contain secrets (keys, passphrases, unspent probes).
 """
@@ -82,4 +82,16 @@ class SuspectError(WmError):
 
 
 class EvidenceError(WmError):
-    """An evidence bundle does not verify."""
+    """An evidence bundle does not verify.
+
+    Args:
+        message: what failed, in one line.
+        part: the check that failed (one of ``verifier.evidence.PARTS``); ``str(error)``
+            is ``"<part>: <message>"``.
+        hint: optional one line that says what to do about it.
+    """
+
+    def __init__(self, message: str, *, part: str, hint: str | None = None) -> None:
+        super().__init__(f"{part}: {message}", hint=hint)
+        self.part = part
+        self.reason = message

@@ -3,39 +3,40 @@
 A probe set is a list of inputs, the label the owner's model gives each, and a
 *null model* saying how often an independent model gives that label by chance
 (see DESIGN.md, "The shared concept: ProbeSet"). Its **commitment** is the
-RFC 6962 Merkle root (:mod:`core.merkle`) over one salted leaf per probe. The
-leaf data of probe ``i`` is the RFC 8785 canonical JSON of::
+Merkle root over one salted leaf per probe (:mod:`core.commitment`); in a
+dispute only the probes that were sent are opened (:meth:`ProbeSet.open`).
 
-    {"index": i, "input": base64(float32 little-endian bytes, C order),
-     "label": y_i, "salt": base64(32 secret bytes), "shape": [C, H, W],
-     "type": "wm.probe/v1"}
-
-The salt keeps unopened probes hidden behind the root: a suspect that sees the
-root cannot test candidate inputs against it. In a dispute only the probes
-that were sent are opened (:meth:`ProbeSet.open`), each with its inclusion
-proof; anyone checks an opening with :meth:`ProbeOpening.verify`.
+A probe set with key-random labels also carries a per-set **derivation key**
+(secret, sealed with the probes) and its public :class:`~core.derive.Derivation`
+descriptor, whose key commitment :meth:`ProbeSet.summary` hands to the registry
+to sign: opening the key later lets anyone re-derive the opened probes
+(:mod:`core.derive`). The null families live in :mod:`core.nulls` and the
+commitment in :mod:`core.commitment` (both torch-free, for the offline
+checker); this module re-exports them.
 """
 
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy import stats
 
 from core import merkle
-from core.canonical import b64d, b64e, canonical_json
-from core.errors import InputError, IntegrityError
+from core.canonical import canonical_json
+from core.commitment import PROBE_LEAF_TYPE, SALT_SIZE, ProbeOpening, probe_leaf
+from core.derive import Derivation
+from core.errors import InputError
 from core.inputrange import UNIT, InputRange
+from core.nulls import BetaBinomial, Binomial, Null, null_from_dict
 
 __all__ = [
     "PROBE_LEAF_TYPE",
+    "SALT_SIZE",
     "BetaBinomial",
     "Binomial",
     "Kind",
@@ -48,179 +49,6 @@ __all__ = [
 
 Kind = Literal["watermark", "fingerprint", "guard"]
 KINDS: tuple[str, ...] = ("watermark", "fingerprint", "guard")
-PROBE_LEAF_TYPE = "wm.probe/v1"
-SALT_SIZE = 32
-
-
-@dataclass(frozen=True)
-class Binomial:
-    """Exact null: each probe matches with probability ``p0`` independently.
-
-    Holds for key-random labels (watermarks, guard marks): over the key's
-    randomness an independent model matches each probe with probability
-    exactly ``1/C``, whatever it predicts.
-    """
-
-    p0: float
-    family: ClassVar[str] = "binomial"
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.p0 < 1.0:
-            raise InputError(f"binomial null needs 0 < p0 < 1, got {self.p0}")
-
-    def tail(self, matches: int, n: int) -> float:
-        """``P(X >= matches)`` for ``X ~ Binomial(n, p0)``."""
-        if matches <= 0:
-            return 1.0
-        return float(stats.binom.sf(matches - 1, n, self.p0))
-
-    @property
-    def mean(self) -> float:
-        """Expected match rate of an independent model."""
-        return self.p0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, as stored and signed."""
-        return {"family": self.family, "p0": self.p0}
-
-
-@dataclass(frozen=True)
-class BetaBinomial:
-    """Calibrated null: an independent model's match rate ``p ~ Beta(a, b)``.
-
-    Fitted on ``references`` held-out independent models. ``p_floor`` is the
-    smallest p-value that calibration honestly supports (with N references no
-    tail beyond what N models can vouch for); :meth:`tail` never reports less.
-    """
-
-    a: float
-    b: float
-    references: int
-    p_floor: float
-    family: ClassVar[str] = "beta-binomial"
-
-    def __post_init__(self) -> None:
-        if not (self.a > 0 and self.b > 0 and math.isfinite(self.a) and math.isfinite(self.b)):
-            raise InputError(f"beta-binomial null needs a, b > 0, got a={self.a}, b={self.b}")
-        if self.references < 1:
-            raise InputError("beta-binomial null needs at least one reference model")
-        if not 0.0 < self.p_floor <= 1.0:
-            raise InputError(f"beta-binomial p_floor must be in (0, 1], got {self.p_floor}")
-
-    def tail(self, matches: int, n: int) -> float:
-        """``max(P(X >= matches), p_floor)`` for ``X ~ BetaBinomial(n, a, b)``."""
-        if matches <= 0:
-            return 1.0
-        p = float(stats.betabinom.sf(matches - 1, n, self.a, self.b))
-        return max(p, self.p_floor)
-
-    @property
-    def mean(self) -> float:
-        """Expected match rate of an independent model."""
-        return self.a / (self.a + self.b)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, as stored and signed."""
-        return {
-            "family": self.family,
-            "a": self.a,
-            "b": self.b,
-            "references": self.references,
-            "p_floor": self.p_floor,
-        }
-
-
-Null = Union[Binomial, BetaBinomial]
-
-
-def null_from_dict(d: dict[str, Any]) -> Null:
-    """Inverse of ``to_dict`` for either null family."""
-    try:
-        match d.get("family"):
-            case "binomial":
-                return Binomial(p0=float(d["p0"]))
-            case "beta-binomial":
-                return BetaBinomial(
-                    a=float(d["a"]),
-                    b=float(d["b"]),
-                    references=int(d["references"]),
-                    p_floor=float(d["p_floor"]),
-                )
-            case other:
-                raise InputError(f"unknown null model family {other!r}")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"malformed null model: {exc}") from exc
-
-
-def probe_leaf(index: int, x: np.ndarray, label: int, salt: bytes) -> bytes:
-    """The canonical leaf data of one probe (see the module docstring)."""
-    arr = np.ascontiguousarray(x, dtype="<f4")
-    return canonical_json(
-        {
-            "index": int(index),
-            "input": b64e(arr.tobytes()),
-            "label": int(label),
-            "salt": b64e(salt),
-            "shape": [int(s) for s in arr.shape],
-            "type": PROBE_LEAF_TYPE,
-        }
-    )
-
-
-@dataclass(frozen=True)
-class ProbeOpening:
-    """One probe revealed from a committed set, with its inclusion proof."""
-
-    index: int
-    input: np.ndarray
-    label: int
-    salt: bytes
-    tree_size: int
-    proof: tuple[bytes, ...]
-
-    def leaf_data(self) -> bytes:
-        """The committed leaf data this opening claims."""
-        return probe_leaf(self.index, self.input, self.label, self.salt)
-
-    def verify(self, root: bytes) -> None:
-        """Raise :class:`IntegrityError` unless this probe is committed under ``root``."""
-        try:
-            merkle.verify_inclusion(
-                merkle.leaf_hash(self.leaf_data()), self.index, self.tree_size, self.proof, root
-            )
-        except IntegrityError as exc:
-            raise IntegrityError(f"probe {self.index} does not open against the commitment: {exc}") from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form for evidence bundles."""
-        arr = np.ascontiguousarray(self.input, dtype="<f4")
-        return {
-            "index": self.index,
-            "input": b64e(arr.tobytes()),
-            "shape": list(arr.shape),
-            "label": self.label,
-            "salt": b64e(self.salt),
-            "tree_size": self.tree_size,
-            "proof": [b64e(p) for p in self.proof],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProbeOpening:
-        """Parse the JSON form; :class:`InputError` if malformed."""
-        try:
-            shape = tuple(int(s) for s in d["shape"])
-            raw = b64d(d["input"], what="probe input")
-            arr = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
-            return cls(
-                index=int(d["index"]),
-                input=arr,
-                label=int(d["label"]),
-                salt=b64d(d["salt"], what="probe salt"),
-                tree_size=int(d["tree_size"]),
-                proof=tuple(b64d(p, what="proof hash") for p in d["proof"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"malformed probe opening: {exc}") from exc
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,6 +66,9 @@ class ProbeSet:
         salts: one secret 32-byte salt per probe.
         input_range: where the model's inputs lie; made probes (watermark,
             fingerprint) lie in it, guard probes are whatever clients sent.
+        derivation: for key-random labels, how the probes follow from the
+            derivation key (public; its key commitment is signed at registration).
+        derivation_key: that key (secret, sealed with the probes).
     """
 
     inputs: torch.Tensor
@@ -248,6 +79,8 @@ class ProbeSet:
     num_classes: int
     salts: tuple[bytes, ...] = field(repr=False)
     input_range: InputRange = UNIT
+    derivation: Derivation | None = None
+    derivation_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -272,6 +105,10 @@ class ProbeSet:
         if self.kind != "guard" and not self.input_range.contains(self.inputs.numpy()):
             raise InputError(f"{self.kind} probes must lie in the input range "
                              f"[{self.input_range.low:g}, {self.input_range.high:g}]")
+        if (self.derivation is None) != (self.derivation_key is None):
+            raise InputError("a derivation descriptor and its key go together")
+        if self.derivation is not None and not self.derivation.opens_with(self.derivation_key or b""):
+            raise InputError("the derivation key does not match its commitment")
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -331,29 +168,29 @@ class ProbeSet:
             "null": self.null.to_dict(),
             "root": self.root.hex(),
             "input_range": self.input_range.to_dict(),
+            "derivation": self.derivation.to_dict() if self.derivation is not None else None,
         }
 
     def to_bytes(self) -> bytes:
         """Secret serialisation (inputs, labels, salts and metadata); encrypt before storing."""
+        meta = {
+            "kind": self.kind,
+            "scheme": self.scheme,
+            "null": self.null.to_dict(),
+            "num_classes": self.num_classes,
+            "input_range": self.input_range.to_dict(),
+            "derivation": None if self.derivation is None else self.derivation.to_dict(),
+        }
+        arrays: dict[str, np.ndarray] = {
+            "inputs": self.inputs.numpy(),
+            "expected": self.expected.numpy(),
+            "salts": np.frombuffer(b"".join(self.salts), dtype=np.uint8),
+            "meta": np.frombuffer(canonical_json(meta), dtype=np.uint8),
+        }
+        if self.derivation_key is not None:
+            arrays["derivation_key"] = np.frombuffer(self.derivation_key, dtype=np.uint8)
         buf = io.BytesIO()
-        np.savez(
-            buf,
-            inputs=self.inputs.numpy(),
-            expected=self.expected.numpy(),
-            salts=np.frombuffer(b"".join(self.salts), dtype=np.uint8),
-            meta=np.frombuffer(
-                canonical_json(
-                    {
-                        "kind": self.kind,
-                        "scheme": self.scheme,
-                        "null": self.null.to_dict(),
-                        "num_classes": self.num_classes,
-                        "input_range": self.input_range.to_dict(),
-                    }
-                ),
-                dtype=np.uint8,
-            ),
-        )
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # the stub types allow_pickle as a kwarg
         return buf.getvalue()
 
     @classmethod
@@ -365,6 +202,7 @@ class ProbeSet:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 meta = json.loads(z["meta"].tobytes())
                 salts_raw = z["salts"].tobytes()
+                derivation = meta.get("derivation")
                 return cls(
                     inputs=torch.from_numpy(z["inputs"].astype(np.float32)),
                     expected=torch.from_numpy(z["expected"].astype(np.int64)),
@@ -378,6 +216,8 @@ class ProbeSet:
                     # sets serialised before ranges were recorded were all made in [0, 1]
                     input_range=InputRange.from_dict(meta["input_range"]) if "input_range" in meta
                     else UNIT,
+                    derivation=None if derivation is None else Derivation.from_dict(derivation),
+                    derivation_key=z["derivation_key"].tobytes() if "derivation_key" in z else None,
                 )
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"malformed probe set: {exc}") from exc

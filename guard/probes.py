@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.derive import Derivation
 from core.errors import InputError, IntegrityError
 from core.marking import MARKING_PRF, canonical_bytes, decode_canonical
 from core.probeset import SALT_SIZE, Binomial, ProbeSet
@@ -200,6 +201,8 @@ def commit_guard_probes(
             null=Binomial(1.0 / info.num_classes),
             num_classes=info.num_classes,
             salts=tuple(os.urandom(SALT_SIZE) for _ in range(n)),
+            derivation=Derivation(epoch.commitment, labels="guard-mark/v1", rate=epoch.rate),
+            derivation_key=epoch.key,
         )
         ids.append(registry.add_probeset(owner_key, model, ps))
     return CommitResult(tuple(ids), probes)

@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from verifier.evidence import BundleCheck, build_bundle, check_bundle, read_bundle, write_bundle
+    from verifier.evidence import Checklist, Pins, build_bundle, check_bundle, read_bundle, write_bundle
     from verifier.report import render_report, write_report
     from verifier.server import ServedModel, build_app
     from verifier.session import (
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
         QueryPlan,
         SessionResult,
         VerificationSession,
-        read_transcript,
     )
     from verifier.stats import Statistics, TestInput, compute_statistics
+    from verifier.transcript import read_transcript
     from verifier.verify import VerifyOptions, VerifyOutcome, load_sources, verify_suspect
     from verifier.wire import (
         Detection,
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     )
 
 _HOME = {
-    "BundleCheck": "evidence",
+    "Checklist": "evidence",
+    "Pins": "evidence",
     "build_bundle": "evidence",
     "check_bundle": "evidence",
     "read_bundle": "evidence",
@@ -61,7 +62,7 @@ _HOME = {
     "QueryPlan": "session",
     "SessionResult": "session",
     "VerificationSession": "session",
-    "read_transcript": "session",
+    "read_transcript": "transcript",
     "Statistics": "stats",
     "TestInput": "stats",
     "compute_statistics": "stats",
@@ -84,11 +85,12 @@ _HOME = {
 }
 
 __all__ = [
-    "BundleCheck",
+    "Checklist",
     "Detection",
     "HttpSettings",
     "JsonClient",
     "OipClient",
+    "Pins",
     "PlanItem",
     "ProbeSource",
     "QueryPlan",

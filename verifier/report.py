@@ -98,6 +98,8 @@ def render_report(payload: Mapping[str, Any], *, bundle_name: str = "", bundle_s
     inputs = sum(len(r["items"]) for r in records)
     suspect = payload["suspect"]
     detected = (suspect.get("detected") or {}).get("detail", "")
+    check_command = (f"wm evidence check {bundle_name or 'BUNDLE'} "
+                     f"--owner-key {payload['owner']['key_id']}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>wm evidence: {e(str(payload['verdict']))}</title>
@@ -122,9 +124,15 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;te
 <h2>Checking</h2>
 <p>Owner key id <code>{e(str(payload['owner']['key_id']))}</code> signed the bundle
 <code>{e(bundle_name)}</code> (SHA-256 <code>{e(bundle_sha256)}</code>). Anyone can check it offline
-with <code>wm evidence check {e(bundle_name or 'BUNDLE')}</code>: the signature, the probe
-openings against the registered commitments, the registry inclusion proofs and checkpoint, and the
-statistics recomputed from the transcript.</p>
+against the owner key they pinned themselves (the <code>owner.pub</code> the owner published, or its
+key id):</p>
+<pre><code>{e(check_command)}</code></pre>
+<p>It checks the signature, the registry entries and checkpoint, the nulls, the probe openings
+against the registered commitments, that each probe counts once, the transcript, and the
+statistics recomputed and corrected for every probe set in the owner's log. Add
+<code>--suspect-since TIME</code> with <code>--tsa-ca FILE</code> or <code>--witness-key FILE</code>
+to count only commitments proven older than the suspect; without them, the commitments' time
+rests on the owner's word.</p>
 </body></html>
 """
 

@@ -20,24 +20,25 @@ probes, is not sent a large batch it does not need.
 
 The :class:`VerificationSession` sends the batches (up to ``concurrency`` in
 flight), records spent probes *before* each batch leaves, and writes the
-transcript as it goes: JSON Lines, one ``header`` line, then one ``query``
-line per answered request (items with their input digests, request and answer
-SHA-256, status, attempts, latency, time, labels) or an ``error`` line, and an
-``end`` line. Each line is flushed and fsynced. After every answered batch the
-anytime-valid statistics (:mod:`verifier.stats`) are updated in plan order;
+transcript as it goes (:mod:`verifier.transcript`: JSON Lines, MAC-chained
+under a key derived from the owner key, each line flushed and fsynced). After
+every answered batch the anytime-valid statistics (:mod:`verifier.stats`) are
+updated in plan order (corrected, when the session knows it, for every probe
+set the owner committed: :mod:`verifier.selection`);
 in sequential mode the session stops once they reach ``alpha`` or rule
 every model out (:class:`~verifier.stats.Futility`), and never sends a batch
 while the batches in flight could already decide either way (a batch sent then
 might be spent for nothing).
-:meth:`VerificationSession.resume` reads a transcript back (a torn last line
-is dropped) and continues with the batches that have no answer, so no
-answered query is repeated.
+:meth:`VerificationSession.resume` reads a transcript back, refuses one whose
+MAC chain fails (naming the line), drops a torn last line, and continues with
+the batches that have no answer, so no answered query is repeated. The decoys
+a run sent are kept in its result, so the evidence bundle carries them and a
+third party can replay the run (``wm evidence replay``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 from collections import deque
@@ -51,13 +52,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.canonical import b64d, b64e, canonical_json
-from core.errors import InputError, SuspectError
+from core.canonical import b64d, b64e
+from core.errors import InputError, SuspectError, WmError
 from core.probeset import ProbeSet
+from verifier.selection import correct_for_selection
 from verifier.stats import Futility, Mode, Statistics, TestInput, compute_statistics
+from verifier.transcript import (
+    DECOY,
+    TRANSCRIPT_TYPE,
+    ChainedLines,
+    input_digest,
+    read_transcript,
+    tests_from_records,
+)
 from verifier.wire.client import Detection, SuspectAnswer, SuspectClient
 
 __all__ = [
+    "DECOY",
     "DEFAULT_FUTILITY",
     "FOLLOW_UP_PROBES",
     "TRANSCRIPT_TYPE",
@@ -72,17 +83,9 @@ __all__ = [
     "tests_from_records",
 ]
 
-TRANSCRIPT_TYPE = "wm.transcript/v1"
-DECOY = -1
 FOLLOW_UP_PROBES = 4  # probes per decision group after the first (see the module docstring)
 DEFAULT_FUTILITY = Futility()
 SpendFn = Callable[[int, list[int]], None]
-
-
-def input_digest(x: np.ndarray | torch.Tensor) -> str:
-    """SHA-256 (hex) of one input's float32 little-endian bytes, C order."""
-    arr = x.numpy() if isinstance(x, torch.Tensor) else x
-    return hashlib.sha256(np.ascontiguousarray(arr, dtype="<f4").tobytes()).hexdigest()
 
 
 def _now() -> str:
@@ -284,83 +287,6 @@ class QueryPlan:
             raise InputError(f"transcript plan is malformed: {exc}") from exc
 
 
-def tests_from_records(
-    sources: Sequence[dict[str, Any]],
-    records: Sequence[dict[str, Any]],
-    labels_of: Callable[[int, int], int],
-) -> list[TestInput]:
-    """Match bits per source, in plan order, from transcript ``query`` records.
-
-    Args:
-        sources: the header's public source descriptions.
-        records: transcript lines (only ``query`` ones are used, in order).
-        labels_of: the committed label of probe ``(source, index)``.
-    """
-    from core.probeset import null_from_dict
-
-    bits: list[list[bool]] = [[] for _ in sources]
-    positions: list[list[int]] = [[] for _ in sources]
-    t = 0
-    for rec in records:
-        if rec.get("type") != "query":
-            continue
-        for (src, idx, _digest), label in zip(rec["items"], rec["labels"], strict=True):
-            if src == DECOY:
-                continue
-            t += 1
-            bits[src].append(int(label) == labels_of(src, idx))
-            positions[src].append(t)
-    return [
-        TestInput(
-            model=str(s["model"]),
-            kind=str(s["kind"]),
-            null=null_from_dict(s["null"]),
-            bits=tuple(b),
-            positions=tuple(p),
-            population=_population(s.get("unspent")),
-        )
-        for s, b, p in zip(sources, bits, positions, strict=True)
-    ]
-
-
-def _population(value: Any) -> int | None:
-    """A source's ``unspent`` count, checked (``None`` when absent: no futility rule)."""
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InputError(f"a source's unspent count must be a non-negative integer, got {value!r}")
-    return value
-
-
-def read_transcript(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The header and records of a transcript; a torn last line is dropped.
-
-    Raises:
-        InputError: unreadable, no header, or a damaged line before the last.
-    """
-    p = Path(path)
-    try:
-        lines = p.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise InputError(f"cannot read transcript {p}: {exc.strerror}") from exc
-    if lines and lines[-1] == b"":
-        lines.pop()
-    docs: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
-        try:
-            doc = json.loads(line)
-            if not isinstance(doc, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            if i == len(lines) - 1:
-                break  # torn by a crash mid-write: that query gets sent again
-            raise InputError(f"transcript {p}: line {i + 1} is damaged") from exc
-        docs.append(doc)
-    if not docs or docs[0].get("type") != TRANSCRIPT_TYPE:
-        raise InputError(f"{p} is not a wm transcript")
-    return docs[0], docs[1:]
-
-
 def _drop_torn_tail(path: Path) -> None:
     """Cut a last line that a crash left without its newline, so appends start clean."""
     data = path.read_bytes()
@@ -382,6 +308,7 @@ class SessionResult:
     transcript: Path
     stopped_early: bool
     sent: dict[int, list[int]] = field(default_factory=dict)
+    decoy_inputs: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -415,6 +342,12 @@ class VerificationSession:
         spend: called as ``spend(source, indices)`` before a batch with those probes leaves.
         detection: what protocol detection found, when it ran already.
         header_extra: more fields for the transcript header.
+        mac_key: the transcript's MAC key (derive it from the owner key with
+            :data:`~verifier.transcript.MAC_INFO`); without one a fresh random key
+            chains the lines, and the run cannot be resumed.
+        committed: how many probe sets the owner has committed; when given, a
+            sequential run stops for ownership only once the verdict corrected
+            for all of them (:mod:`verifier.selection`) is ``owned``.
     """
 
     def __init__(
@@ -432,8 +365,11 @@ class VerificationSession:
         spend: SpendFn | None = None,
         detection: Detection | None = None,
         header_extra: dict[str, Any] | None = None,
+        mac_key: bytes | None = None,
+        committed: int | None = None,
     ) -> None:
         self.client = client
+        self.committed = committed
         self.sources = list(sources)
         self.decoys = decoys
         self.plan = plan
@@ -453,6 +389,7 @@ class VerificationSession:
             raise InputError("all probe sets must have the same number of classes")
         self._done: dict[int, dict[str, Any]] = {}
         self._header: dict[str, Any] | None = None
+        self._lines = ChainedLines(self.path, mac_key if mac_key is not None else secrets.token_bytes(32))
 
     # ---------------------------------------------------------------- transcript
 
@@ -479,11 +416,7 @@ class VerificationSession:
         }
 
     def _write(self, doc: dict[str, Any]) -> None:
-        line = json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        self._lines.write(doc)
 
     @classmethod
     def resume(
@@ -493,15 +426,19 @@ class VerificationSession:
         sources: Sequence[ProbeSource],
         decoys: torch.Tensor,
         *,
+        mac_key: bytes,
         spend: SpendFn | None = None,
         detection: Detection | None = None,
+        committed: int | None = None,
     ) -> VerificationSession:
         """Continue the run recorded in ``transcript`` with the same suspect and probe sets.
 
         Raises:
-            InputError: not a transcript, or one made with other probe sets, decoys or suspect.
+            InputError: not a transcript, a line whose MAC does not chain under
+                ``mac_key`` (named), or one made with other probe sets, decoys or suspect.
         """
-        header, records = read_transcript(transcript)
+        read = read_transcript(transcript, mac_key=mac_key)
+        header, records = read.header, read.records
         _drop_torn_tail(Path(transcript))
         if header.get("suspect", {}).get("url") != client.url:
             raise InputError("--resume: the transcript is for another suspect URL")
@@ -514,13 +451,15 @@ class VerificationSession:
             client, sources, decoys, plan, transcript,
             alpha=float(header["alpha"]), mode=header["mode"], models=header.get("models"),
             futility=Futility.from_dict(header.get("futility")), spend=spend, detection=detection,
+            committed=committed,
         )
+        session._lines = ChainedLines(session.path, mac_key, read.last_mac)
         if header.get("decoys", {}).get("sha256") != session._decoys_digest():
             raise InputError("--resume: the transcript was made with other decoys")
         session._header = header
         for rec in records:
             if rec.get("type") == "query":
-                session._done[int(rec["batch"])] = rec
+                session._done[int(rec["batch"])] = {k: v for k, v in rec.items() if k != "mac"}
         return session
 
     # ---------------------------------------------------------------- running
@@ -593,12 +532,19 @@ class VerificationSession:
                 for b in in_flight
             }
             merged = {**self._done, **hypothetical}
-            if _decided(self._statistics_of([merged[b] for b in sorted(merged)])):
+            if self._decided(self._statistics_of([merged[b] for b in sorted(merged)])):
                 return True
         return False
 
+    def _decided(self, st: Statistics) -> bool:
+        """A sequential run stops when ownership is established (corrected for every committed
+        probe set, when known) or every model is ruled out."""
+        owned = st.verdict == "owned" if self.committed is None else (
+            correct_for_selection(st, self.committed).verdict == "owned")
+        return owned or st.ruled_out_at is not None
+
     def _reached(self) -> bool:
-        return self.mode == "sequential" and _decided(self.statistics())
+        return self.mode == "sequential" and self._decided(self.statistics())
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> SessionResult:
         """Send the unanswered batches (stopping early in sequential mode); the result.
@@ -606,6 +552,9 @@ class VerificationSession:
         Raises:
             SuspectError: the suspect failed; the transcript keeps everything so far
                 and :meth:`resume` continues from it.
+            WmError: ``spend`` refused a batch (its probes were spent by another
+                verification): that batch is not sent, the answers to batches already
+                in flight are recorded, and the run stops.
         """
         if self.detection is None:
             self.detection = self.client.describe()
@@ -620,10 +569,11 @@ class VerificationSession:
         # Statistics consume batches in plan order; answered-in-order prefix decides stopping.
         stopped = self._reached()
         in_flight: deque[tuple[int, np.ndarray, Future[SuspectAnswer]]] = deque()
-        error: SuspectError | None = None
+        error: WmError | None = None
         with ThreadPoolExecutor(max_workers=self.client.settings.concurrency) as pool:
 
             def submit() -> None:
+                nonlocal error
                 b = pending.popleft()
                 x = self._batch_inputs(b)
                 if self.spend is not None:
@@ -631,13 +581,18 @@ class VerificationSession:
                     for it in self.plan.batches[b]:
                         if it.source != DECOY:
                             by_source.setdefault(it.source, []).append(it.index)
-                    for src, idx in by_source.items():
-                        self.spend(src, idx)
+                    try:
+                        for src, idx in by_source.items():
+                            self.spend(src, idx)
+                    except WmError as exc:  # e.g. another verification spent them: do not send
+                        error = exc
+                        return
                 in_flight.append((b, x, pool.submit(self.client.infer, x)))
 
             def fill() -> None:
                 while (
-                    not stopped
+                    error is None
+                    and not stopped
                     and pending
                     and len(in_flight) < self.client.settings.concurrency
                     and not self._could_decide([b for b, _, _ in in_flight])
@@ -669,10 +624,13 @@ class VerificationSession:
         self._write({"type": "end", "time": _now(), "reason": reason})
         records = [self._done[b] for b in sorted(self._done)]
         sent: dict[int, list[int]] = {}
+        decoy_inputs: dict[int, np.ndarray] = {}
         for rec in records:
             for src, idx, _ in rec["items"]:
                 if src != DECOY:
                     sent.setdefault(src, []).append(idx)
+                else:
+                    decoy_inputs[idx] = self.decoys[idx].numpy()
         return SessionResult(
             statistics=self.statistics(),
             header=self._header,
@@ -681,26 +639,10 @@ class VerificationSession:
             transcript=self.path,
             stopped_early=stopped and len(self._done) < total,
             sent=sent,
+            decoy_inputs=decoy_inputs,
         )
 
     @property
     def header(self) -> dict[str, Any] | None:
         """The transcript header, once written or read."""
         return self._header
-
-
-def _decided(st: Statistics) -> bool:
-    """A sequential run stops when ownership is established or every model is ruled out."""
-    return st.verdict == "owned" or st.ruled_out_at is not None
-
-
-def public_header(header: dict[str, Any]) -> dict[str, Any]:
-    """The header without the plan (which names probes that were never sent)."""
-    out = dict(header)
-    out.pop("plan", None)
-    return out
-
-
-def canonical_records(records: Sequence[dict[str, Any]]) -> bytes:
-    """Canonical bytes of a record list (for digests)."""
-    return canonical_json(list(records))

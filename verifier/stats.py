@@ -113,7 +113,7 @@ import numpy as np
 from scipy import special
 
 from core.errors import InputError
-from core.probeset import BetaBinomial, Binomial, Null, null_from_dict
+from core.nulls import BetaBinomial, Binomial, Null, null_from_dict
 
 __all__ = [
     "ALT_MIXTURE",

@@ -2,10 +2,14 @@
 
 :func:`verify_suspect` loads the named models' committed probe sets from the
 registry (only unspent probes are planned), talks to the suspect, spends each
-probe in the registry before it is sent, writes the transcript as it goes,
-then takes a registry checkpoint, builds and signs the evidence bundle with
-the registry's inclusion proofs, writes the HTML report beside it, and appends
-the verification to the registry log.
+probe in the registry before it is sent, writes the MAC-chained transcript as
+it goes (the MAC key derived from the owner key), then takes a registry
+checkpoint and builds and signs the evidence bundle: the registry's inclusion
+proofs, each set's earliest third-party-timed checkpoint, the verdict
+corrected for every probe set in the log (the checkpoint's last entry signs
+their count; :mod:`verifier.selection`), and with ``--open-keys`` the sets' derivation keys
+(those sets are burnt: every probe left is spent). It writes the HTML report
+beside the bundle and appends the verification to the registry log.
 """
 
 from __future__ import annotations
@@ -20,18 +24,32 @@ from typing import Any
 import httpx
 import torch
 
+from core.canonical import b64e
 from core.errors import InputError, RegistryError
 from registry.keys import OwnerKey
 from registry.log import Registry
+from registry.note import parse_checkpoint
+from registry.proofs import check_proof_bundle
+from registry.records import PROBESET_TYPE
 from verifier.evidence import build_bundle, write_bundle
 from verifier.report import write_report
-from verifier.session import ProbeSource, QueryPlan, SessionResult, VerificationSession, read_transcript
+from verifier.selection import Selection, correct_for_selection
+from verifier.session import ProbeSource, QueryPlan, SessionResult, VerificationSession
 from verifier.stats import Mode
+from verifier.transcript import MAC_INFO, read_transcript
 from verifier.wire.client import Detection, SuspectClient
 from verifier.wire.detect import detect, make_client
 from verifier.wire.transport import HttpSettings
 
-__all__ = ["VerifyOptions", "VerifyOutcome", "default_paths", "load_sources", "verify_suspect"]
+__all__ = [
+    "VerifyOptions",
+    "VerifyOutcome",
+    "default_paths",
+    "load_sources",
+    "probesets_in_log",
+    "time_proof",
+    "verify_suspect",
+]
 
 TRANSCRIPT_SUFFIX = ".transcript.jsonl"
 
@@ -54,6 +72,7 @@ class VerifyOptions:
     json_input_field: str = "inputs"
     json_output_field: str = "outputs"
     input_name: str | None = None
+    open_keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,7 @@ class VerifyOutcome:
     """What a verification produced."""
 
     result: SessionResult
+    selection: Selection
     detection: Detection
     evidence: Path
     evidence_sha256: str
@@ -72,9 +92,10 @@ class VerifyOutcome:
         """The object ``wm verify --json`` prints."""
         st = self.result.statistics
         return {
-            "verdict": st.verdict,
-            "model": st.model,
-            "p_value": st.p_value,
+            "verdict": self.selection.verdict,
+            "model": self.selection.model,
+            "p_value": self.selection.p_value,
+            "committed": self.selection.committed,
             "alpha": st.alpha,
             "mode": st.mode,
             "queries": st.probes,
@@ -161,6 +182,32 @@ def _client(options: VerifyOptions, num_classes: int, input_shape: tuple[int, ..
         raise
 
 
+def probesets_in_log(registry: Registry) -> int:
+    """How many probe sets the log holds now (every owner's; the session's selection count)."""
+    return len(registry.entries(payload_type=PROBESET_TYPE))
+
+
+def time_proof(registry: Registry, owner_key: OwnerKey, entry_index: int) -> dict[str, Any] | None:
+    """The earliest checkpoint by ``owner_key`` covering ``entry_index`` that carries third-party
+    time (an RFC 3161 token or a witness cosignature), with the entry's inclusion proof in it;
+    None when there is none."""
+
+    def third_party(note: str, token: bytes | None) -> bool:
+        return token is not None or any(name != owner_key.name for name, _, _ in parse_checkpoint(note)[2])
+
+    timed = [cp for cp in registry.checkpoints()
+             if cp.size > entry_index and cp.signer_key_id == owner_key.key_id
+             and third_party(cp.note, cp.tsa_token)]
+    if not timed:
+        return None
+    cp = min(timed, key=lambda c: c.id)
+    return {
+        "checkpoint": cp.note,
+        "tsa_token": b64e(cp.tsa_token) if cp.tsa_token else None,
+        "inclusion": registry.inclusion_proof(entry_index, cp.size).to_dict(),
+    }
+
+
 def verify_suspect(
     registry: Registry,
     owner_key: OwnerKey,
@@ -173,13 +220,15 @@ def verify_suspect(
     """Run a verification (or resume one) and record its evidence; see the module docstring.
 
     Raises:
-        InputError, RegistryError, KeyError_: bad options, registry or key problems.
+        InputError, RegistryError, KeyError_: bad options, registry or key problems, or a
+            transcript to resume whose MAC chain fails.
         SuspectError: the suspect failed; the transcript keeps what was answered.
     """
     evidence, transcript, report = default_paths(options.evidence, options.resume)
     models = list(dict.fromkeys(options.models))
+    mac_key = owner_key.derive_key(MAC_INFO)
     if options.resume is not None:
-        header, _ = read_transcript(options.resume)
+        header = read_transcript(options.resume, mac_key=mac_key).header
         ids = [s.get("probeset_id") for s in header.get("sources", [])]
         if any(not isinstance(i, int) for i in ids):
             raise InputError("--resume: the transcript's probe sets are not from the registry")
@@ -192,6 +241,7 @@ def verify_suspect(
     first = sources[0].probes
     client, detection = _client(options, first.num_classes, first.input_shape, transport)
     reason = f"verify {options.suspect}"
+    committed = probesets_in_log(registry)
 
     claim: list[str] = []  # this verification's id: the digest of its transcript's header line
 
@@ -206,7 +256,8 @@ def verify_suspect(
     with client:
         if options.resume is not None:
             session = VerificationSession.resume(
-                options.resume, client, sources, decoys, spend=spend, detection=detection
+                options.resume, client, sources, decoys, mac_key=mac_key, spend=spend,
+                detection=detection, committed=committed,
             )
         else:
             plan = QueryPlan.for_session(
@@ -218,14 +269,33 @@ def verify_suspect(
             session = VerificationSession(
                 client, sources, decoys, plan, transcript, alpha=options.alpha,
                 mode=options.mode, models=models, spend=spend, detection=detection,
+                mac_key=mac_key, committed=committed,
             )
         result = session.run(progress=progress)
+    if options.open_keys:
+        for s in sources:
+            left = registry.unspent_indices(s.probeset_id) if s.probeset_id is not None else []
+            if s.probes.derivation_key is not None and left and s.probeset_id is not None:
+                registry.spend(owner_key, s.probeset_id, left, f"derivation key opened: {reason}")
     registry.checkpoint(owner_key)
     probeset_proofs = {
         i: registry.proof_bundle(s.probeset_id) for i, s in enumerate(sources) if s.probeset_id is not None
     }
     model_proofs = {m: registry.proof_bundle(registry.model(m).entry_index) for m in models}
-    envelope = build_bundle(result, owner_key, probeset_proofs=probeset_proofs, model_proofs=model_proofs)
+    checked = [check_proof_bundle(p, owner_key=owner_key.key_id)
+               for p in [*probeset_proofs.values(), *model_proofs.values()]]
+    counted = max(checked, key=lambda pc: pc.tree_size).probesets
+    if counted is None:
+        raise RegistryError("the registry's checkpoint does not sign its count of probe sets")
+    selection = correct_for_selection(result.statistics, counted)
+    time_proofs = {
+        i: proof for i, s in enumerate(sources)
+        if s.probeset_id is not None and (proof := time_proof(registry, owner_key, s.probeset_id)) is not None
+    }
+    envelope = build_bundle(
+        result, owner_key, selection, probeset_proofs=probeset_proofs, model_proofs=model_proofs,
+        time_proofs=time_proofs, open_keys=options.open_keys,
+    )
     digest = write_bundle(evidence, envelope)
     from registry.dsse import payload_of
 
@@ -235,10 +305,10 @@ def verify_suspect(
         owner_key,
         {
             "suspect": options.suspect,
-            "verdict": st.verdict,
-            "model": st.model,
+            "verdict": selection.verdict,
+            "model": selection.model,
             "models": models,
-            "p_value": st.p_value,
+            "p_value": selection.p_value,
             "alpha": st.alpha,
             "queries": st.probes,
             "probesets": [s.probeset_id for s in sources],
@@ -247,6 +317,6 @@ def verify_suspect(
         },
     )
     return VerifyOutcome(
-        result=result, detection=detection, evidence=evidence, evidence_sha256=digest,
-        report=report, transcript=transcript, log_entry=entry,
+        result=result, selection=selection, detection=detection, evidence=evidence,
+        evidence_sha256=digest, report=report, transcript=transcript, log_entry=entry,
     )

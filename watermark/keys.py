@@ -1,28 +1,24 @@
 """Watermark keys and the deterministic streams derived from them.
 
 A watermark key is 32 secret bytes. Every probe input, label and salt is
-derived from it with HMAC-SHA256 in counter mode over an HKDF-extracted key
-(RFC 5869 section 2.2 extract, then HMAC blocks keyed by purpose and counter),
-so the same key gives the same probes byte for byte on any machine. Streams
-for different purposes (``inputs``, ``labels``, ``salts``, ``select``) use
-different HMAC messages and are independent; labels are therefore independent
-of the inputs.
+derived from it with :class:`core.derive.KeyStream` (HMAC-SHA256 in counter
+mode over an HKDF-extracted key, RFC 5869 section 2.2), so the same key gives
+the same probes byte for byte on any machine. Streams for different purposes
+(``inputs``, ``salts``, ``select``, ``derivation-key``) are independent.
 
-Only exact integer arithmetic turns bytes into numbers (no ``log``/``cos``,
-whose last bit differs between CPUs): uniform floats are 24-bit integers
-divided by ``2**24``, integers below ``high`` use rejection sampling.
+Each scheme's labels (and its inputs, where the rule is data-free) come from
+a per-set derivation key, :meth:`WatermarkKey.derivation_key`, through
+:mod:`core.derive`: that key can be opened in a dispute without revealing the
+watermark key or any other set.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
-import struct
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from core.derive import DERIVATION_KEY_SIZE, KeyStream, extract
 from core.errors import KeyError_
 
 __all__ = ["KEY_SIZE", "KeyStream", "WatermarkKey"]
@@ -53,61 +49,8 @@ class WatermarkKey:
 
     def stream(self, purpose: str, *context: str) -> KeyStream:
         """The independent byte stream for ``purpose`` (and optional context strings)."""
-        prk = hmac.new(_EXTRACT_SALT, self.secret, hashlib.sha256).digest()
-        label = "\x00".join((purpose, *context)).encode()
-        return KeyStream(prk, label)
+        return extract(self.secret, _EXTRACT_SALT, purpose, *context)
 
-
-class KeyStream:
-    """An endless deterministic byte stream: ``HMAC(prk, label || 0x00 || counter)``."""
-
-    def __init__(self, prk: bytes, label: bytes) -> None:
-        self._prk = prk
-        self._label = label + b"\x00"
-        self._counter = 0
-        self._buffer = b""
-
-    def read(self, n: int) -> bytes:
-        """The next ``n`` bytes."""
-        chunks = [self._buffer]
-        have = len(self._buffer)
-        while have < n:
-            block = hmac.new(
-                self._prk, self._label + struct.pack(">Q", self._counter), hashlib.sha256
-            ).digest()
-            self._counter += 1
-            chunks.append(block)
-            have += len(block)
-        data = b"".join(chunks)
-        self._buffer = data[n:]
-        return data[:n]
-
-    def uint32(self, n: int) -> np.ndarray:
-        """``n`` uniform 32-bit unsigned integers."""
-        return np.frombuffer(self.read(4 * n), dtype=">u4").astype(np.uint64)
-
-    def uniform(self, n: int) -> np.ndarray:
-        """``n`` float32 values uniform on ``[0, 1)``, exactly representable (24-bit grid)."""
-        return ((self.uint32(n) >> np.uint64(8)).astype(np.float64) / float(1 << 24)).astype(
-            np.float32
-        )
-
-    def integers(self, n: int, high: int) -> np.ndarray:
-        """``n`` int64 values uniform on ``{0, ..., high - 1}`` (rejection sampling, unbiased)."""
-        if high < 1:
-            raise ValueError("high must be at least 1")
-        limit = (1 << 32) - ((1 << 32) % high)
-        out: list[int] = []
-        while len(out) < n:
-            for v in self.uint32(n - len(out)):
-                if int(v) < limit:
-                    out.append(int(v) % high)
-        return np.asarray(out, dtype=np.int64)
-
-    def permutation(self, n: int) -> np.ndarray:
-        """A uniformly random permutation of ``range(n)`` (Fisher-Yates)."""
-        perm = np.arange(n, dtype=np.int64)
-        for i in range(n - 1, 0, -1):
-            j = int(self.integers(1, i + 1)[0])
-            perm[i], perm[j] = perm[j], perm[i]
-        return perm
+    def derivation_key(self, scheme: str) -> bytes:
+        """The derivation key of this key's probe set for ``scheme`` (see :mod:`core.derive`)."""
+        return self.stream("derivation-key", scheme).read(DERIVATION_KEY_SIZE)

@@ -228,7 +228,8 @@ def test_cli_verify_against_the_registry(zoo: Zoo, suspects: BackgroundServer, t
     assert out["verdict"] == "owned" and out["p_value"] <= 1e-6 and out["protocol"] == "tfserving"
     assert {"kind", "n", "matches", "p_value", "null"} <= set(out["tests"][0])
     assert out["evidence"] == str(ev) and ev.with_suffix(".html").exists()
-    assert runner.invoke(wm, ["evidence", "check", str(ev)]).exit_code == 0
+    pub = str(tmp_path / "home" / "owner.pub")
+    assert runner.invoke(wm, ["evidence", "check", str(ev), "--owner-key", pub]).exit_code == 0
     r = runner.invoke(wm, ["verify", "--suspect", f"{suspects.url}/v2/models/ind-cnn-1-labels",
                            "--model", "owner", "--budget", "30", "--json",
                            "--evidence", str(tmp_path / "ev2.json")])
@@ -278,6 +279,7 @@ def test_cli_resume_after_the_suspect_went_down(zoo: Zoo, tmp_path: Path) -> Non
         resumed = json.loads(r.output)
         assert resumed["verdict"] == "owned" and resumed["evidence"] == str(ev)
         assert resumed["requests"] == first["requests"]
-        assert runner.invoke(wm, ["evidence", "check", str(ev)]).exit_code == 0
+        pub = str(tmp_path / "home" / "owner.pub")
+        assert runner.invoke(wm, ["evidence", "check", str(ev), "--owner-key", pub]).exit_code == 0
     finally:
         srv.stop()

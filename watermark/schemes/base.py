@@ -2,9 +2,11 @@
 
 A scheme turns a :class:`~watermark.keys.WatermarkKey` (and, for schemes that
 stamp in-distribution inputs, the owner's training data) into a
-:class:`~core.probeset.ProbeSet`. Labels are drawn uniformly from the key's
-``labels`` stream, independently of the inputs, so the null is exactly
-``Binomial(1/C)`` (DESIGN.md, "The shared concept: ProbeSet").
+:class:`~core.probeset.ProbeSet`. Labels are drawn uniformly by the set's
+derivation key (:meth:`WatermarkKey.derivation_key`, :func:`core.derive.derive_label`),
+independently of the inputs, so the null is exactly ``Binomial(1/C)``
+(DESIGN.md, "The shared concept: ProbeSet"); the set's
+:class:`~core.derive.Derivation` lets a checker re-derive them once the key is opened.
 
 Inputs lie in the model's input range (:class:`~core.inputrange.InputRange`,
 [0, 1] unless told otherwise), which the probe set records. A scheme that
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from core.data import Dataset
+from core.derive import Derivation, InputRule, derive_labels, key_commitment
 from core.errors import InputError
 from core.inputrange import UNIT, InputRange
 from core.probeset import SALT_SIZE, Binomial, ProbeSet
@@ -48,6 +51,11 @@ class Scheme(ABC):
     def name(self) -> str:
         """Canonical name: family then ``key=value`` parameters, sorted, ``:``-separated."""
         return ":".join([self.family, *(f"{k}={v}" for k, v in sorted(self.params.items()))])
+
+    @property
+    def input_rule(self) -> InputRule:
+        """How the inputs follow from the key: a data-free rule of :mod:`core.derive`, or ``committed``."""
+        return "committed"
 
     @abstractmethod
     def make_inputs(
@@ -89,7 +97,8 @@ class Scheme(ABC):
         x = self.make_inputs(key, tuple(input_shape), data, input_range)
         if x.dtype != np.float32 or x.shape != (self.n, *input_shape):
             raise AssertionError(f"{self.family} made inputs of shape {x.shape}")
-        labels = key.stream("labels", self.name).integers(self.n, num_classes)
+        derivation_key = key.derivation_key(self.name)
+        labels = derive_labels(derivation_key, self.n, num_classes)
         salt_bytes = key.stream("salts", self.name).read(SALT_SIZE * self.n)
         salts = tuple(salt_bytes[i * SALT_SIZE : (i + 1) * SALT_SIZE] for i in range(self.n))
         return ProbeSet(
@@ -101,6 +110,9 @@ class Scheme(ABC):
             num_classes=num_classes,
             salts=salts,
             input_range=input_range,
+            derivation=Derivation(key_commitment(derivation_key), "uniform/v1", self.input_rule,
+                                  input_range.low, input_range.high),
+            derivation_key=derivation_key,
         )
 
     def _image_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
