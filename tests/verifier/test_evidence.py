@@ -379,3 +379,17 @@ def test_replay_exposes_answers_the_owner_made_up(world: World, tmp_path: Path) 
         assert r.exit_code == 0 and json.loads(r.stdout)["stands"] is True
     r = CliRunner().invoke(wm, ["evidence", "replay", str(path), "--suspect", url])
     assert r.exit_code == 2 and "no owner key pinned" in r.stderr
+
+
+def test_the_checker_loads_neither_torch_nor_a_web_server() -> None:
+    """A third party checks a bundle without the ML stack or a server (issue 12)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "uvicorn", "starlette", "httptools", "uvloop")
+    code = ("import sys, verifier.evidence, verifier.replay, cli.verify_cmds; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.strip() == "", out.stdout
