@@ -60,7 +60,8 @@ def _listening_port(pid: int, deadline: float) -> int:
 
 
 def _peak_rss(pid: int) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    # children of any of its threads: a parsing worker may be started from one
+    children = [c for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
     total = 0
     for p in [pid, *map(int, children)]:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():

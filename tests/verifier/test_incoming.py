@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import SuspectError
-from verifier.wire.incoming import parse_request, read_answer, route_of
+from verifier.wire.incoming import BodyLimits, RequestReader, parse_request, read_answer, route_of
 from verifier.wire.inference import RequestError, Route
 
 SHAPE = (1, 2, 2)
@@ -259,3 +261,42 @@ def test_any_answer_is_read_as_labels_in_range_or_refused(doc: object, protocol:
         assert str(exc) and "\n" not in str(exc)
         return
     assert answer.labels.shape == (n,) and ((answer.labels >= 0) & (answer.labels < 4)).all()
+
+
+@pytest.fixture(scope="module")
+def via_worker() -> Iterator[RequestReader]:
+    """A reader that sends every body over 1 kB to its parsing worker process."""
+    reader = RequestReader(BodyLimits(inline_bytes=1024))
+    yield reader
+    reader.close()
+
+
+def _outcome(reader: RequestReader, body: bytes, shape: tuple[int, ...]) -> tuple[str, object]:
+    try:
+        req = asyncio.run(reader.parse(OIP, body, shape))
+    except RequestError as exc:
+        return f"{exc.status} {exc}", None
+    return "ok", req.inputs.tolist()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [list(range(600)), [[0.5] * 300, [0.5] * 299], [1.0] * 599 + ["x"], [1e39] * 600, [0.25] * 599 + [None]],
+)
+def test_the_worker_reads_a_large_body_as_the_event_loop_would(via_worker: RequestReader,
+                                                               data: list[object]) -> None:
+    body = _oip(data, (1, 600))
+    assert len(body) > 1024
+    inline = RequestReader()  # 256 kB inline: parsed on the spot
+    assert _outcome(via_worker, body, (600,)) == _outcome(inline, body, (600,))
+
+
+def test_a_worker_that_died_is_replaced_and_bad_bytes_are_refused(via_worker: RequestReader) -> None:
+    body = _oip([0.5] * 600, (1, 600))
+    assert _outcome(via_worker, body, (600,))[0] == "ok"
+    (worker,) = [w for w in list(via_worker._workers._idle.queue) if w is not None]
+    worker.process.kill()
+    worker.process.join(10)
+    assert _outcome(via_worker, body, (600,))[0] == "ok"  # a new worker parsed it
+    status, _ = _outcome(via_worker, b'{"inputs": "\xff' + b" " * 2000 + b'"}', (600,))
+    assert status.startswith("400 request body is not valid JSON")

@@ -22,10 +22,8 @@ request with it.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +34,7 @@ from verifier.wire import oip, torchserve, v1
 from verifier.wire.inference import MAX_BATCH, InferenceRequest, RequestError, Route
 from verifier.wire.tensors import DecodedAnswer
 from verifier.wire.transport import parse_suspect_json
+from verifier.wire.worker import ParseWorkers
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -69,13 +68,13 @@ def route_of(method: str, path: str) -> Route | None:
     return None
 
 
-def parse_request(route: Route, body: bytes | bytearray, input_shape: tuple[int, ...], *,
+def parse_request(route: Route, body: bytes | bytearray | str, input_shape: tuple[int, ...], *,
                   max_batch: int = MAX_BATCH) -> InferenceRequest:
     """A request's body, parsed strictly and read by its protocol's codec.
 
     Args:
         route: from :func:`route_of`.
-        body: the raw body.
+        body: the raw body (or its text, decoded as UTF-8).
         input_shape: one input's shape as the model takes it.
         max_batch: most inputs in one request.
 
@@ -145,7 +144,7 @@ class RequestReader:
         self.limits = limits or BodyLimits()
         self.max_batch = max_batch
         self.buffered = 0
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers = ParseWorkers(self.limits.workers)
 
     @asynccontextmanager
     async def body(self, receive: Receive, declared: str | None = None) -> AsyncIterator[bytearray]:
@@ -213,23 +212,11 @@ class RequestReader:
         Raises:
             RequestError: as :func:`parse_request`.
         """
-        args = (route, body, tuple(input_shape))
+        shape = tuple(input_shape)
         if len(body) <= self.limits.inline_bytes:
-            return parse_request(*args, max_batch=self.max_batch)
-        if self._pool is None:
-            # spawn: a fresh interpreter that never saw torch's threads (fork after them is unsafe)
-            self._pool = ProcessPoolExecutor(self.limits.workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _parse_in_worker, *args, self.max_batch)
+            return parse_request(route, body, shape, max_batch=self.max_batch)
+        return await asyncio.to_thread(self._workers.parse, route, body, shape, self.max_batch)
 
     def close(self) -> None:
-        """Stop the worker processes, if any were started."""
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-
-def _parse_in_worker(route: Route, body: bytes | bytearray, input_shape: tuple[int, ...],
-                     max_batch: int) -> InferenceRequest:
-    return parse_request(route, body, input_shape, max_batch=max_batch)
+        """Stop the parsing worker processes, if any were started."""
+        self._workers.close()

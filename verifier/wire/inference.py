@@ -41,7 +41,8 @@ class RequestError(InputError):
 
     Args:
         message: one line saying what is wrong with the request.
-        status: 400 (malformed), 404 (no such model), 408 (body too slow), 413 (too large).
+        status: 400 (malformed), 404 (no such model), 408 (body too slow), 413 (too large),
+            500 (the server failed to parse it), 503 (the server is busy; retry).
     """
 
     def __init__(self, message: str, status: int = 400) -> None:
