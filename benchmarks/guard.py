@@ -37,7 +37,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -235,36 +234,15 @@ def part_extraction(model_path: Path, rates: list[float], seeds: int, epochs: in
 # ---------------------------------------------------------------- part 1: speed
 
 
-def _port() -> int:
-    # `wm serve` cannot report a port it picked yet: the one bind-and-release left here.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def _guard_url(log: Path, proc: subprocess.Popen[bytes]) -> str:
-    """The URL ``wm guard --port 0`` printed once it listens."""
-    deadline = time.monotonic() + 120
+def _bound_url(log: Path, proc: subprocess.Popen[bytes]) -> str:
+    """The base URL ``wm serve``/``wm guard --port 0`` printed once it listens."""
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         m = re.search(r"at (http://127\.0\.0\.1:\d+)", log.read_text())
         if m:
             return m.group(1)
         time.sleep(0.1)
-    raise RuntimeError(f"wm guard did not start: {log.read_text()[-500:]}")
+    raise RuntimeError(f"the server did not start: {log.read_text()[-500:]}")
 
 
 def _lua(path: Path, bodies: list[str], target: str) -> None:
@@ -338,23 +316,22 @@ def part_speed(model_path: Path, rate: float, rounds: int, seconds: int,
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         make_owner(tmp / "home", model_path)
-        up_port = _port()
-        up = subprocess.Popen([*WM, "serve", str(model_path), "--port", str(up_port), "--name", NAME],
-                              env=env, stderr=subprocess.DEVNULL)
+        up_log = tmp / "serve.log"
+        up = subprocess.Popen([*WM, "serve", str(model_path), "--port", "0", "--name", NAME],
+                              env=env, stderr=up_log.open("w"))
         procs = [up]
-        targets = {"direct": f"http://127.0.0.1:{up_port}"}
         try:
-            _wait(f"http://127.0.0.1:{up_port}/v2/health/ready", up)
+            targets = {"direct": _bound_url(up_log, up)}
             for w in workers:  # one guard per worker count, each with its own home (journal lock)
                 home = tmp / f"home-{w}"
                 shutil.copytree(tmp / "home", home)
                 log = tmp / f"guard-{w}.log"
                 g = subprocess.Popen(
                     [*WM, "--home", str(home), "guard", "--upstream",
-                     f"http://127.0.0.1:{up_port}/v2/models/{NAME}/infer", "--model", MODEL, "--rate",
+                     f"{targets['direct']}/v2/models/{NAME}/infer", "--model", MODEL, "--rate",
                      str(rate), "--port", "0", "--workers", str(w)], env=env, stderr=log.open("w"))
                 procs.append(g)
-                targets[f"guard x{w}"] = _guard_url(log, g)
+                targets[f"guard x{w}"] = _bound_url(log, g)
             pids = {"direct": [up.pid], **{name: _family(p.pid)
                                            for name, p in zip(list(targets)[1:], procs[1:], strict=True)}}
             if pin:

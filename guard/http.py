@@ -29,9 +29,9 @@ from typing import cast
 
 import httptools
 
-from core.errors import InputError
+from core.serving import bind, url_of
 
-__all__ = ["BackgroundHTTPServer", "Handler", "Request", "Response", "listen", "new_event_loop", "serve"]
+__all__ = ["BackgroundHTTPServer", "Handler", "Request", "Response", "new_event_loop", "serve"]
 
 MAX_HEADER_BYTES = 64 << 10
 
@@ -207,24 +207,6 @@ class _Server:
     keepalive: float
 
 
-def listen(host: str, port: int, *, backlog: int = 1024) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: the OS picks; read it from the socket).
-
-    Raises:
-        InputError: the address cannot be bound.
-    """
-    try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(info[4])
-        sock.listen(backlog)
-    except OSError as exc:
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock.setblocking(False)
-    return sock
-
-
 async def serve(handler: Handler, sock: socket.socket, stop: asyncio.Event, *,
                 max_body: int = 64 << 20, request_timeout: float = 30.0,
                 keepalive: float = 5.0) -> None:
@@ -276,7 +258,7 @@ class BackgroundHTTPServer:
 
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0,
                  on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-        self.sock = listen(host, port)
+        self.sock = bind(host, port)
         self.host = host
         self.port = int(self.sock.getsockname()[1])
         self._handler = handler
@@ -301,7 +283,7 @@ class BackgroundHTTPServer:
     @property
     def url(self) -> str:
         """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
+        return url_of(self.sock)
 
     def start(self) -> BackgroundHTTPServer:
         """Start serving (the socket is already listening)."""

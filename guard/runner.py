@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import InputError, WmError
-from guard.http import listen, new_event_loop, serve
+from core.serving import bind, url_of
+from guard.http import new_event_loop, serve
 from guard.service import GuardOptions, GuardService, recover_segments
 from registry.keys import OwnerKey
 
@@ -126,9 +127,9 @@ def run_guard(home: Path, registry_url: str, owner_key: OwnerKey, options: Guard
     probe = GuardService.open(home, registry_url, owner_key, options)
     probe.flusher.close()
     probe.journal.close()
-    sock = listen(host, port)
+    sock = bind(host, port)
     try:
-        url = f"http://{host}:{sock.getsockname()[1]}"
+        url = url_of(sock)
         announce = (lambda: ready(url)) if ready is not None else None
         if workers == 1:
             return _serve_worker(home, registry_url, owner_key, options, sock, 0, None, announce)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from core.marking import canonical_bytes
 from core.serving import running_server
@@ -24,31 +22,23 @@ from guard.prf import GuardKey, Marker
 from guard.service import guard_dir
 from registry.log import Registry
 from tests.guard.conftest import MODEL, PASSPHRASE, UPSTREAM_NAME, Owner, digits_queries, oip_body
+from tests.servers import wm_server
 from verifier.server import ServedModel, build_app
 
-WM = [sys.executable, "-c", "from cli.main import main; main()"]
-_LISTENING = re.compile(rb"at (http://127\.0\.0\.1:\d+)")
+
+def guard_args(owner: Owner, upstream: str, *extra: str) -> list[str]:
+    """``wm guard`` on port 0 in front of ``upstream``, flushing only when stopped."""
+    return ["--home", str(owner.home), "--registry", owner.registry_url, "guard",
+            "--upstream", f"{upstream}/v2/models/{UPSTREAM_NAME}/infer", "--model", MODEL,
+            "--rate", "0.2", "--port", "0", "--flush-interval", "600", "--no-monitor", *extra]
 
 
-def start_guard(owner: Owner, upstream: str, log: Path, *extra: str,
-                deadline_s: float = 60) -> tuple[subprocess.Popen[bytes], str]:
-    """``wm guard`` on port 0 as a subprocess; ``(process, URL)`` once it printed where it listens."""
-    env = {**os.environ, "WM_PASSPHRASE": PASSPHRASE}
-    start = log.stat().st_size if log.exists() else 0
-    proc = subprocess.Popen(
-        [*WM, "--home", str(owner.home), "--registry", owner.registry_url, "guard",
-         "--upstream", f"{upstream}/v2/models/{UPSTREAM_NAME}/infer", "--model", MODEL,
-         "--rate", "0.2", "--port", "0", "--flush-interval", "600", "--no-monitor", *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True,
-    )
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        m = _LISTENING.search(log.read_bytes()[start:])
-        if m:
-            return proc, m.group(1).decode()
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"the guard did not start: {log.read_text()[-2000:]}")
+def kill_all(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a guard and its workers at once (nothing gets to flush)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    for pid in [proc.pid, *map(int, children)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
 
 
 def _guard_records(owner: Owner) -> list[GuardRecord]:
@@ -61,7 +51,7 @@ def test_guard_killed_mid_stream_and_restarted_loses_no_record(owner: Owner, tmp
     with Registry.open(owner.registry_url) as reg:
         marker = Marker(GuardKey.derive(owner.key, MODEL), current_epoch(reg, owner.key, MODEL, 0.2, 10))
     x = digits_queries(None)  # 539 inputs, sent 4 per request
-    log = tmp_path / "guard.log"
+    env = {"WM_PASSPHRASE": PASSPHRASE}
     answered: list[tuple[np.ndarray, list[int]]] = []
     failures: list[str] = []
     url: list[str] = []  # where the guard listens now (it moves when restarted)
@@ -83,28 +73,27 @@ def test_guard_killed_mid_stream_and_restarted_loses_no_record(owner: Owner, tmp
                     break
 
     app = build_app({UPSTREAM_NAME: ServedModel(owner.model(), "labels")})
-    with running_server(app) as up:
-        guard, base = start_guard(owner, up.url, log)
-        url.append(f"{base}/v2/models/{UPSTREAM_NAME}/infer")
+    with ExitStack() as stack, running_server(app) as up:
+        first = stack.enter_context(wm_server(guard_args(owner, up.url), env=env))
+        url.append(f"{first.url}/v2/models/{UPSTREAM_NAME}/infer")
         client = threading.Thread(target=stream, daemon=True)
         client.start()
         deadline = time.monotonic() + 60
         while len(answered) < 40 and not failures and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(answered) >= 40, failures or "the guard answered too slowly"
-        guard.send_signal(signal.SIGKILL)  # mid-stream: the client is still sending
-        guard.wait(10)
+        kill_all(first.proc)  # mid-stream: the client is still sending
         killed_at = len(answered)
         journal = (guard_dir(owner.home, MODEL) / "journal-0.jsonl").read_text().splitlines()
         assert _guard_records(owner) == []  # nothing flushed yet (flush interval 600 s)
         assert len(journal) > 1 and all(json.loads(line) for line in journal)
-        guard, base = start_guard(owner, up.url, log)  # replays the journal into the registry
-        url.append(f"{base}/v2/models/{UPSTREAM_NAME}/infer")
+        second = stack.enter_context(wm_server(guard_args(owner, up.url), env=env))  # replays
+        url.append(f"{second.url}/v2/models/{UPSTREAM_NAME}/infer")
         client.join(120)
         stop.set()
         assert not client.is_alive(), "the client did not finish within 120 s"
-        guard.send_signal(signal.SIGTERM)
-        assert guard.wait(30) == 0, log.read_text()[-2000:]
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(30) == 0, second.stderr[-2000:]
     assert failures == []
     assert killed_at < -(-len(x) // 4) == len(answered)
     for rows, labels in answered:  # every answer, before and after the crash, marked by the key
@@ -119,7 +108,7 @@ def test_guard_killed_mid_stream_and_restarted_loses_no_record(owner: Owner, tmp
     assert {r.key_epoch for r in records} == {marker.epoch.number}
     with Registry.open(owner.registry_url) as reg:
         reg.verify_log()
-    assert "Traceback" not in log.read_text()
+    assert "Traceback" not in first.stderr + second.stderr
 
 
 def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_path: Path) -> None:
@@ -127,7 +116,7 @@ def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_
     with Registry.open(owner.registry_url) as reg:
         marker = Marker(GuardKey.derive(owner.key, MODEL), current_epoch(reg, owner.key, MODEL, 0.2, 10))
     x = digits_queries(None, noisy_copies=1)  # 1,078 inputs over 8 clients, 2 per request
-    log = tmp_path / "guard.log"
+    env = {"WM_PASSPHRASE": PASSPHRASE}
     answered: dict[int, int] = {}
     failures: list[str] = []
 
@@ -142,9 +131,9 @@ def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_
                 answered[i] = j + len(rows[j:j + 2])
 
     app = build_app({UPSTREAM_NAME: ServedModel(owner.model(), "labels")})
-    with running_server(app) as up:
-        guard, base = start_guard(owner, up.url, log, "--workers", "2")
-        url = f"{base}/v2/models/{UPSTREAM_NAME}/infer"
+    with ExitStack() as stack, running_server(app) as up:
+        first = stack.enter_context(wm_server(guard_args(owner, up.url, "--workers", "2"), env=env))
+        url = f"{first.url}/v2/models/{UPSTREAM_NAME}/infer"
         threads = [threading.Thread(target=client, args=(i, url), daemon=True) for i in range(8)]
         for t in threads:
             t.start()
@@ -155,12 +144,11 @@ def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_
         segments = sorted((guard_dir(owner.home, MODEL)).glob("journal-*.jsonl"))
         assert [p.name for p in segments] == ["journal-0.jsonl", "journal-1.jsonl"]
         assert all(len(p.read_text().splitlines()) > 1 for p in segments)  # both workers marked
-        os.killpg(guard.pid, signal.SIGKILL)  # the parent and both workers, nothing flushed
-        guard.wait(10)
+        kill_all(first.proc)  # the parent and both workers, nothing flushed
         assert _guard_records(owner) == []
-        guard, _ = start_guard(owner, up.url, log)  # one worker now: recovers both segments
-        guard.send_signal(signal.SIGTERM)
-        assert guard.wait(30) == 0, log.read_text()[-2000:]
+        second = stack.enter_context(wm_server(guard_args(owner, up.url), env=env))  # one worker:
+        second.proc.send_signal(signal.SIGTERM)  # it recovers both segments before serving
+        assert second.proc.wait(30) == 0, second.stderr[-2000:]
     assert sum(answered.values()) == len(x)
     expected = {(f"x-client-id:c{i}", marker.digest(canonical_bytes(r)))
                 for i in range(8) for r in x[i::8] if marker.decide(canonical_bytes(r)).marked}
@@ -171,7 +159,7 @@ def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_
         journals = {e.record["journal"] for e in reg.entries(payload_type=GUARD_QUERIES_TYPE)}
         reg.verify_log()
     assert len(journals) == 2
-    assert "Traceback" not in log.read_text()
+    assert "Traceback" not in first.stderr + second.stderr
 
 
 def test_a_torn_last_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
