@@ -26,12 +26,15 @@ from core.errors import InputError
 __all__ = ["BackgroundServer", "bind", "run_server", "running_server", "url_of"]
 
 
-def bind(host: str = "127.0.0.1", port: int = 0, *, listen: bool = True) -> socket.socket:
+def bind(host: str = "127.0.0.1", port: int = 0, *, listen: bool = True,
+         reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to ``host:port`` (port 0: the OS picks a free one), listening unless told.
 
     A bound socket that does not listen holds its port and refuses connections:
     a server that is "down" at a known address, until :class:`BackgroundServer`
-    is started on it.
+    is started on it. With ``reuse_port`` (``SO_REUSEPORT``), several processes
+    bind the same port and the kernel spreads new connections over those that
+    listen (the guard's workers).
 
     Raises:
         InputError: the address cannot be bound (in use, not local, not an address).
@@ -44,6 +47,8 @@ def bind(host: str = "127.0.0.1", port: int = 0, *, listen: bool = True) -> sock
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         if listen:
             sock.listen(2048)

@@ -3,11 +3,14 @@
 :func:`run_guard` flushes whatever journal segments an earlier run left
 (:func:`guard.service.recover_segments`), commits (or takes) the model's
 current epoch, binds the socket, and serves. With one worker it serves in
-this process. With N it forks N workers after the socket is bound (pre-fork,
-as nginx and gunicorn do): the kernel hands each new connection to one of
-them, and each worker runs its own event loop, upstream connection pool,
+this process. With N it holds the port with a socket that does not listen,
+forks N workers, and each binds its own listening socket to that port with
+``SO_REUSEPORT``: the kernel spreads new connections evenly over them (one
+shared listening socket lets whichever worker wakes first accept a whole
+burst). Each worker runs its own event loop, upstream connection pool,
 journal segment, registry flusher and PRADA monitor, so no lock or file is
-shared on the request path. SIGTERM or SIGINT stops every worker: each
+shared on the request path; the guard says it is ready once every worker
+listens. SIGTERM or SIGINT stops every worker: each
 answers what it has received, flushes its segment to the registry, and exits.
 A worker that dies makes the others stop too, and :func:`run_guard` raises
 with the reason. A worker whose parent has gone away stops by itself.
@@ -74,8 +77,12 @@ def _serve_worker(home: Path, registry_url: str, owner_key: OwnerKey, options: G
 
 
 def _fork_worker(home: Path, registry_url: str, owner_key: OwnerKey, options: GuardOptions,
-                 sock: socket.socket, segment: int) -> tuple[int, int]:
-    """Fork worker ``segment``; ``(pid, read end of its error pipe)``."""
+                 held: socket.socket, segment: int) -> tuple[int, int]:
+    """Fork worker ``segment``; ``(pid, read end of its pipe)``.
+
+    The worker writes ``L`` on the pipe once it listens, then its tallies (JSON)
+    or its error when it stops.
+    """
     read, write = os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -85,7 +92,15 @@ def _fork_worker(home: Path, registry_url: str, owner_key: OwnerKey, options: Gu
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            counts = _serve_worker(home, registry_url, owner_key, options, sock, segment, parent)
+            host, port = held.getsockname()[:2]
+            held.close()
+            sock = bind(host, port, reuse_port=True)
+
+            def listening() -> None:
+                os.write(write, b"L")
+
+            counts = _serve_worker(home, registry_url, owner_key, options, sock, segment, parent,
+                                   listening)
             os.write(write, json.dumps(counts).encode())
         except BaseException as exc:  # reported to the parent, which raises it as one line
             message = str(exc) if isinstance(exc, WmError) else f"{type(exc).__name__}: {exc}"
@@ -127,7 +142,7 @@ def run_guard(home: Path, registry_url: str, owner_key: OwnerKey, options: Guard
     probe = GuardService.open(home, registry_url, owner_key, options)
     probe.flusher.close()
     probe.journal.close()
-    sock = bind(host, port)
+    sock = bind(host, port, listen=workers == 1, reuse_port=workers > 1)
     try:
         url = url_of(sock)
         announce = (lambda: ready(url)) if ready is not None else None
@@ -151,7 +166,8 @@ def _supervise(children: dict[int, int], ready: Callable[[], None] | None) -> di
                 os.kill(pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    if ready is not None:
+    listening = {pid: os.read(fd, 1) == b"L" for pid, fd in children.items()}  # b"" if it died
+    if ready is not None and all(listening.values()):
         ready()
     errors: list[str] = []
     counts: Counter[str] = Counter()

@@ -115,14 +115,14 @@ def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_
     """Two workers, one journal segment each, SIGKILLed; one worker restarted flushes both."""
     with Registry.open(owner.registry_url) as reg:
         marker = Marker(GuardKey.derive(owner.key, MODEL), current_epoch(reg, owner.key, MODEL, 0.2, 10))
-    x = digits_queries(None, noisy_copies=1)  # 1,078 inputs over 8 clients, 2 per request
+    x = digits_queries(None, noisy_copies=1)  # 1,078 inputs over 16 clients (connections), 2 per request
     env = {"WM_PASSPHRASE": PASSPHRASE}
     answered: dict[int, int] = {}
     failures: list[str] = []
 
     def client(i: int, url: str) -> None:
         with httpx.Client(timeout=30) as c:
-            rows = x[i::8]
+            rows = x[i::16]
             for j in range(0, len(rows), 2):
                 r = c.post(url, json=oip_body(rows[j:j + 2]), headers={"x-client-id": f"c{i}"})
                 if r.status_code != 200:
@@ -134,7 +134,7 @@ def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_
     with ExitStack() as stack, running_server(app) as up:
         first = stack.enter_context(wm_server(guard_args(owner, up.url, "--workers", "2"), env=env))
         url = f"{first.url}/v2/models/{UPSTREAM_NAME}/infer"
-        threads = [threading.Thread(target=client, args=(i, url), daemon=True) for i in range(8)]
+        threads = [threading.Thread(target=client, args=(i, url), daemon=True) for i in range(16)]
         for t in threads:
             t.start()
         for t in threads:
@@ -151,7 +151,7 @@ def test_workers_killed_together_lose_and_duplicate_no_record(owner: Owner, tmp_
         assert second.proc.wait(30) == 0, second.stderr[-2000:]
     assert sum(answered.values()) == len(x)
     expected = {(f"x-client-id:c{i}", marker.digest(canonical_bytes(r)))
-                for i in range(8) for r in x[i::8] if marker.decide(canonical_bytes(r)).marked}
+                for i in range(16) for r in x[i::16] if marker.decide(canonical_bytes(r)).marked}
     records = _guard_records(owner)
     assert {(r.client, r.digest) for r in records} == expected and len(expected) > 150
     assert len(records) == len(expected)  # nothing written twice
