@@ -151,8 +151,8 @@ def require_exact_null(kind: str, null: Null, num_classes: int) -> None:
     if kind not in KEY_RANDOM_KINDS:
         return
     if not isinstance(null, Binomial) or null.p0 != 1.0 / num_classes:
-        got = null.to_dict()
         raise InputError(
-            f"a {kind} probe set has key-random labels, so its null is binomial with "
-            f"p0 = 1/{num_classes}; it declares {got}"
+            f"a {kind} probe set must carry the exact null Binomial(1/{num_classes}), "
+            f"not {null.to_dict()}",
+            hint="key-random labels match an independent model with probability exactly 1/C",
         )

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from core.canonical import canonical_json
 from core.errors import InputError, IntegrityError, RegistryError
 from core.files import file_sha256
+from core.nulls import KEY_RANDOM_KINDS, null_from_dict, require_exact_null
 from registry.keys import OwnerKey
 from registry.records import (
     MODEL_TYPE,
@@ -58,8 +59,6 @@ if TYPE_CHECKING:
     from core.probeset import ProbeSet
 
 __all__ = ["KEY_RANDOM_KINDS", "ProbesSpentError", "Registry"]
-
-KEY_RANDOM_KINDS = frozenset({"watermark", "guard"})
 
 
 class ProbesSpentError(RegistryError):
@@ -89,19 +88,12 @@ def _check_generic(payload_type: str, payloads: Sequence[Any]) -> None:
 def check_null(summary: dict[str, Any]) -> None:
     """Refuse a key-random probe set (watermark, guard) whose null is not exactly ``Binomial(1/C)``.
 
+    The rule is :func:`core.nulls.require_exact_null`, which the evidence checker applies too.
+
     Raises:
         InputError: naming the kind, the null and the class count.
     """
-    kind, null, classes = summary.get("kind"), summary.get("null"), summary.get("num_classes")
-    if kind not in KEY_RANDOM_KINDS:
-        return
-    if not isinstance(classes, int) or classes < 2:
-        raise InputError(f"a {kind} probe set needs at least 2 classes, not {classes!r}")
-    if not isinstance(null, dict) or null.get("family") != "binomial" or null.get("p0") != 1.0 / classes:
-        raise InputError(
-            f"a {kind} probe set must carry the exact null Binomial(1/{classes}), not {null!r}",
-            hint="key-random labels match an independent model with probability exactly 1/C",
-        )
+    require_exact_null(summary["kind"], null_from_dict(summary["null"]), summary["num_classes"])
 
 
 class Registry(LogStore):

@@ -225,8 +225,8 @@ def test_route3_chosen_null_is_rejected(suspect: Suspect, tmp_path: Path,
     alice.register(chosen)
     forged = alice.verify(suspect.url, tmp_path / "forged.json", budget=60, mode="fixed")
     assert forged.selection.verdict == "owned"  # from chance matches
-    with pytest.raises(EvidenceError, match=r"^nulls: test 0: a watermark probe set has key-random "
-                                            r"labels, so its null is binomial with p0 = 1/10"):
+    with pytest.raises(EvidenceError, match=r"^nulls: test 0: a watermark probe set must carry the "
+                                            r"exact null Binomial\(1/10\)"):
         check_bundle(read_bundle(forged.evidence), alice.pins)
 
 

@@ -1,27 +1,12 @@
-"""The offline check of an evidence bundle, as a numbered checklist (DESIGN.md, "Trust").
+"""One function per part of the evidence checklist (:mod:`verifier.evidence.checklist`).
 
-The checker trusts nothing the bundle says about itself. It runs one
-function per part, in order; each ends ``done``, ``failed`` or ``not done``
-(a check the pins given do not allow, said plainly, never passed). After a
-failure the later parts are not done. The parts:
-
- 1. ``format``      a DSSE envelope over a ``wm.evidence/v2`` payload, every field typed
- 2. ``owner-key``   the signature verifies under the owner key the checker pinned
- 3. ``registry``    models and probe sets are log entries signed by that key, included
-                    in its signed checkpoint, and say what the bundle says they do
- 4. ``time``        each probe set's commitment is proven older than ``--suspect-since``
-                    by a pinned RFC 3161 authority or pinned witnesses; others dropped
- 5. ``nulls``       key-random kinds (watermark, guard) use exactly ``Binomial(1/C)``
- 6. ``derivation``  opened derivation keys are the committed ones and re-derive
-                    every opened label (and data-free input)
- 7. ``openings``    each opened probe opens against its committed Merkle root
- 8. ``counting``    each probe set, each (set, index) and each input counts once
- 9. ``transcript``  the records name exactly the opened probes and included decoys
-10. ``statistics``  recomputed from the transcript, equal to the signed ones
-11. ``selection``   corrected for every probe set the owner had committed
-12. ``verdict``     the verdict under the checker's pins is the bundle's
-
-:class:`Checklist` ends with what the third party had to trust.
+Each check reads what the earlier ones learnt from a :class:`CheckState`, and
+returns one line saying what it established, raises :class:`NotDone` (the
+pins given do not allow it; said plainly, never passed) or
+:class:`CheckFailed` (the bundle does not hold; the message says why). The
+order matters: nothing is believed before the signature under the pinned
+owner key verifies, and the statistics are recomputed only from what the
+earlier checks vouched for.
 """
 
 from __future__ import annotations
@@ -29,17 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from core.canonical import b64e
 from core.derive import expected_input, expected_label
-from core.errors import EvidenceError, InputError, IntegrityError
+from core.errors import InputError, IntegrityError
 from core.nulls import require_exact_null
 from registry import dsse
-from registry.cosign import WitnessKey
 from registry.keys import key_id_of
 from registry.proofs import ProofCheck, check_proof_bundle
 from registry.records import MODEL_TYPE, PROBESET_TYPE
@@ -51,129 +34,22 @@ from verifier.selection import correct_for_selection
 from verifier.stats import Futility, Statistics, TestInput, compute_statistics
 from verifier.transcript import DECOY, input_digest, tests_from_records
 
-__all__ = ["PARTS", "CheckLine", "Checklist", "Pins", "Status", "check_bundle", "run_checks"]
+if TYPE_CHECKING:
+    from verifier.evidence.checklist import Pins
 
-Status = Literal["done", "failed", "not done"]
-
-PARTS: tuple[tuple[str, str], ...] = (
-    ("format", "bundle format"),
-    ("owner-key", "signed by the pinned owner key"),
-    ("registry", "commitments are signed log entries"),
-    ("time", "commitments older than the suspect"),
-    ("nulls", "nulls nobody chose"),
-    ("derivation", "opened keys re-derive the probes"),
-    ("openings", "probes open against their commitments"),
-    ("counting", "each probe counted once"),
-    ("transcript", "transcript names the opened probes"),
-    ("statistics", "statistics recomputed"),
-    ("selection", "corrected for every committed probe set"),
-    ("verdict", "verdict under the checker's pins"),
-)
+__all__ = ["CHECKS", "CheckFailed", "CheckState", "NotDone"]
 
 
-@dataclass(frozen=True)
-class Pins:
-    """What the third party pinned itself; the checker trusts nothing else.
-
-    Attributes:
-        owner_key_ids: key ids of the owner keys accepted (from ``--owner-key``).
-        trust_embedded_key: demo only: take the key inside the bundle (UNTRUSTED).
-        tsa_ca_pem: trust anchors of RFC 3161 time-stamping authorities (``--tsa-ca``).
-        witness_keys: the witnesses accepted (``--witness-key``, their ``FILE.pub``).
-        suspect_since: count only commitments proven older than this (``--suspect-since``).
-        key_source: how the owner key was pinned, in words (shown in the checklist).
-    """
-
-    owner_key_ids: frozenset[str] = frozenset()
-    trust_embedded_key: bool = False
-    tsa_ca_pem: bytes | None = None
-    witness_keys: tuple[WitnessKey, ...] = ()
-    suspect_since: datetime | None = None
-    key_source: str = ""
-
-
-@dataclass(frozen=True)
-class CheckLine:
-    """One line of the checklist."""
-
-    number: int
-    part: str
-    title: str
-    status: Status
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"number": self.number, "part": self.part, "title": self.title,
-                "status": self.status, "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class Checklist:
-    """The outcome of checking a bundle: one line per part, and what had to be trusted.
-
-    ``counted`` are the tests the verdict rests on (all, or those proven older
-    than ``--suspect-since``), ``committed`` the count of probe sets the log
-    proves, and ``claims`` the parsed bundle (for a replay).
-    """
-
-    lines: tuple[CheckLine, ...]
-    trusted: tuple[str, ...]
-    untrusted_key: bool
-    suspect: str | None
-    owner_key_id: str | None
-    bundle_verdict: str | None
-    verdict: str | None
-    p_value: float | None
-    model: str | None
-    probes: int
-    counted: tuple[int, ...] = field(default=())
-    dropped: tuple[str, ...] = field(default=())
-    committed: int | None = None
-    claims: BundleClaims | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def failure(self) -> CheckLine | None:
-        """The first failed line, if any."""
-        return next((ln for ln in self.lines if ln.status == "failed"), None)
-
-    @property
-    def valid(self) -> bool:
-        """No check failed (and the verdict stands under the pins)."""
-        return self.failure is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The object ``wm evidence check --json`` prints."""
-        failure = self.failure
-        return {
-            "valid": failure is None,
-            "part": failure.part if failure else None,
-            "error": f"{failure.part}: {failure.detail}" if failure else None,
-            "untrusted": self.untrusted_key,
-            "checks": [ln.to_dict() for ln in self.lines],
-            "trusted": list(self.trusted),
-            "suspect": self.suspect,
-            "owner_key_id": self.owner_key_id,
-            "bundle_verdict": self.bundle_verdict,
-            "verdict": self.verdict,
-            "p_value": self.p_value,
-            "model": self.model,
-            "probes": self.probes,
-            "counted": list(self.counted),
-            "dropped": list(self.dropped),
-        }
-
-
-class _Failed(Exception):  # noqa: N818 - an outcome of a check, not a program error
+class CheckFailed(Exception):  # noqa: N818 - an outcome of a check, not a program error
     """The part failed; the message says why."""
 
 
-class _NotDone(Exception):  # noqa: N818 - an outcome of a check, not a program error
+class NotDone(Exception):  # noqa: N818 - an outcome of a check, not a program error
     """The part could not be done with what was pinned; the message says why."""
 
 
 @dataclass
-class _State:
+class CheckState:
     """What the parts learn, in order."""
 
     envelope: Any
@@ -198,44 +74,44 @@ class _State:
         return self.claims
 
 
-def _format(st: _State) -> str:
+def _format(st: CheckState) -> str:
     try:
         payload = dsse.payload_of(st.envelope)
     except IntegrityError as exc:
-        raise _Failed(str(exc)) from exc
+        raise CheckFailed(str(exc)) from exc
     if payload.get("type") != PAYLOAD_TYPE:
-        raise _Failed(f"the payload is not {PAYLOAD_TYPE}")
+        raise CheckFailed(f"the payload is not {PAYLOAD_TYPE}")
     try:
         st.claims = parse_claims(payload)
     except InputError as exc:
-        raise _Failed(str(exc)) from exc
+        raise CheckFailed(str(exc)) from exc
     if not st.c.tests:
-        raise _Failed("the bundle holds no tests")
+        raise CheckFailed("the bundle holds no tests")
     return (f"a DSSE envelope over a {PAYLOAD_TYPE} payload: {len(st.c.tests)} probe sets, "
             f"{len(st.c.records)} answered requests")
 
 
-def _owner_key(st: _State) -> str:
+def _owner_key(st: CheckState) -> str:
     try:
         public = Ed25519PublicKey.from_public_bytes(st.c.owner_public_key)
     except ValueError as exc:
-        raise _Failed("the bundle's owner key is not an Ed25519 public key") from exc
+        raise CheckFailed("the bundle's owner key is not an Ed25519 public key") from exc
     kid = key_id_of(public)
     if st.c.owner_key_id != kid:
-        raise _Failed("the owner key id in the bundle is not that of its key")
+        raise CheckFailed("the owner key id in the bundle is not that of its key")
     try:
         dsse.verify_envelope(st.envelope, public, payload_type=EVIDENCE_TYPE)
     except IntegrityError as exc:
-        raise _Failed(str(exc)) from exc
+        raise CheckFailed(str(exc)) from exc
     st.key_id = kid
     if st.pins.owner_key_ids:
         if kid not in st.pins.owner_key_ids:
-            raise _Failed(f"signed by key {kid[:16]}, not by the pinned owner key "
+            raise CheckFailed(f"signed by key {kid[:16]}, not by the pinned owner key "
                           f"{', '.join(sorted(k[:16] for k in st.pins.owner_key_ids))}")
         st.trusted.append(f"owner key {kid[:16]} is the owner's ({st.pins.key_source})")
         return f"signature verifies under the pinned owner key {kid[:16]} ({st.c.owner_name!r})"
     st.trusted.append("UNTRUSTED: the owner key was taken from the bundle itself (--trust-embedded-key)")
-    raise _NotDone(f"UNTRUSTED: signature verifies under key {kid[:16]} found inside the bundle, "
+    raise NotDone(f"UNTRUSTED: signature verifies under key {kid[:16]} found inside the bundle, "
                    "which no one pinned (--trust-embedded-key)")
 
 
@@ -243,10 +119,10 @@ def _proof(proof: Mapping[str, Any], kid: str, what: str) -> ProofCheck:
     try:
         return check_proof_bundle(proof, owner_key=kid)
     except (InputError, IntegrityError) as exc:
-        raise _Failed(f"{what}: {exc}") from exc
+        raise CheckFailed(f"{what}: {exc}") from exc
 
 
-def _registry(st: _State) -> str:
+def _registry(st: CheckState) -> str:
     assert st.key_id is not None
     checks: list[ProofCheck] = []
     names = set()
@@ -254,14 +130,14 @@ def _registry(st: _State) -> str:
         pc = _proof(m.registry, st.key_id, f"model {m.name!r}")
         if m.registry.get("entry", {}).get("payloadType") != MODEL_TYPE or pc.payload["record"].get(
                 "name") != m.name:
-            raise _Failed(f"the proof for model {m.name!r} is for another entry")
+            raise CheckFailed(f"the proof for model {m.name!r} is for another entry")
         names.add(m.name)
         checks.append(pc)
     for i, t in enumerate(st.c.tests):
         pc = _proof(t.registry, st.key_id, f"test {i}")
         rec = pc.payload["record"]
         if t.registry.get("entry", {}).get("payloadType") != PROBESET_TYPE or pc.index != t.probeset_id:
-            raise _Failed(f"test {i}: the proof is not for probe set {t.probeset_id}")
+            raise CheckFailed(f"test {i}: the proof is not for probe set {t.probeset_id}")
         claimed = {
             "model": t.model, "kind": t.kind, "scheme": t.scheme, "size": t.size,
             "num_classes": t.num_classes, "input_shape": list(t.input_shape), "root": t.root.hex(),
@@ -270,27 +146,27 @@ def _registry(st: _State) -> str:
         }
         for k, v in claimed.items():
             if rec.get(k) != v:
-                raise _Failed(f"test {i}: its {k} differs from the registered probe set")
+                raise CheckFailed(f"test {i}: its {k} differs from the registered probe set")
         if t.model not in names:
-            raise _Failed(f"test {i}: model {t.model!r} has no registry proof")
+            raise CheckFailed(f"test {i}: model {t.model!r} has no registry proof")
         st.proofs[i] = pc
         checks.append(pc)
     origins = {pc.origin for pc in checks}
     if len(origins) != 1:
-        raise _Failed(f"the entries come from {len(origins)} different logs")
+        raise CheckFailed(f"the entries come from {len(origins)} different logs")
     st.checkpoint = max(checks, key=lambda pc: pc.tree_size)
     return (f"{len(st.c.models)} models and {len(st.c.tests)} probe sets are entries of log "
             f"{st.checkpoint.origin!r} signed by the owner key, in its checkpoint of "
             f"{st.checkpoint.tree_size} entries")
 
 
-def _time(st: _State) -> str:
+def _time(st: CheckState) -> str:
     pins = st.pins
     pinned = pins.tsa_ca_pem is not None or bool(pins.witness_keys)
     st.kept = list(range(len(st.c.tests)))
     if pins.suspect_since is None and not pinned:
         st.trusted.append("time: owner's word only (no --suspect-since, --tsa-ca or --witness-key)")
-        raise _NotDone("time: owner's word only; pass --suspect-since TIME with --tsa-ca or --witness-key")
+        raise NotDone("time: owner's word only; pass --suspect-since TIME with --tsa-ca or --witness-key")
     assert st.checkpoint is not None and st.c is not None
     proven: dict[int, tuple[ProvenTime, ...]] = {}
     reasons: dict[int, str] = {}
@@ -304,7 +180,7 @@ def _time(st: _State) -> str:
                           for i, ts in proven.items())
     if pins.suspect_since is None:
         st.trusted.append("time: not compared with the suspect (no --suspect-since)")
-        raise _NotDone(f"no --suspect-since given; proven: {described or 'none'}")
+        raise NotDone(f"no --suspect-since given; proven: {described or 'none'}")
     since = pins.suspect_since
     st.kept = [i for i in proven if proven[i][0].time < since]
     for i in range(len(st.c.tests)):
@@ -316,22 +192,22 @@ def _time(st: _State) -> str:
     authorities = sorted({t.by for i in st.kept for t in proven[i]})
     st.trusted.append(f"time: {', '.join(authorities) or 'nobody'} (pinned by you)")
     if not st.kept:
-        raise _Failed(f"no probe set is proven committed before {since.isoformat()}; dropped: "
+        raise CheckFailed(f"no probe set is proven committed before {since.isoformat()}; dropped: "
                       + "; ".join(st.dropped))
     dropped = f"; dropped {'; '.join(st.dropped)}" if st.dropped else ""
     return (f"{len(st.kept)} of {len(st.c.tests)} probe sets proven committed before "
             f"{since.isoformat()} ({described}){dropped}")
 
 
-def _nulls(st: _State) -> str:
+def _nulls(st: CheckState) -> str:
     kinds = []
     for i, t in enumerate(st.c.tests):
         try:
             require_exact_null(t.kind, t.null, t.num_classes)
         except InputError as exc:
-            raise _Failed(f"test {i}: {exc}") from exc
+            raise CheckFailed(f"test {i}: {exc}") from exc
         if t.kind not in ("watermark", "guard", "fingerprint"):
-            raise _Failed(f"test {i}: unknown kind {t.kind!r}")
+            raise CheckFailed(f"test {i}: unknown kind {t.kind!r}")
         kinds.append(t.kind)
     calibrated = [i for i, k in enumerate(kinds) if k == "fingerprint"]
     if calibrated:
@@ -341,28 +217,28 @@ def _nulls(st: _State) -> str:
             + (f"; sets {calibrated} carry the calibrated null they committed" if calibrated else ""))
 
 
-def _derivation(st: _State) -> str:
+def _derivation(st: CheckState) -> str:
     opened, probes, inputs = [], 0, 0
     committed_inputs = []
     for i, t in enumerate(st.c.tests):
         if t.derivation_key is None:
             continue
         if t.derivation is None:
-            raise _Failed(f"test {i}: a derivation key is opened but none was committed")
+            raise CheckFailed(f"test {i}: a derivation key is opened but none was committed")
         if not t.derivation.opens_with(t.derivation_key):
-            raise _Failed(f"test {i}: the opened derivation key is not the one committed")
+            raise CheckFailed(f"test {i}: the opened derivation key is not the one committed")
         for o in t.openings:
             try:
                 label = expected_label(t.derivation, t.derivation_key, o.index, t.num_classes, o.input)
                 x = expected_input(t.derivation, t.derivation_key, o.index, t.input_shape)
             except InputError as exc:
-                raise _Failed(f"test {i}: probe {o.index}: {exc}") from exc
+                raise CheckFailed(f"test {i}: probe {o.index}: {exc}") from exc
             if label != o.label:
-                raise _Failed(f"test {i}: probe {o.index} carries label {o.label}, "
+                raise CheckFailed(f"test {i}: probe {o.index} carries label {o.label}, "
                               f"its key derives {label}")
             if x is not None:
                 if x.tobytes() != o.input.astype("<f4").tobytes():
-                    raise _Failed(f"test {i}: probe {o.index}'s input is not the one its key derives")
+                    raise CheckFailed(f"test {i}: probe {o.index}'s input is not the one its key derives")
                 inputs += 1
         if not t.derivation.data_free:
             committed_inputs.append(i)
@@ -372,7 +248,7 @@ def _derivation(st: _State) -> str:
         keyed = [i for i, t in enumerate(st.c.tests) if t.derivation is not None]
         st.trusted.append("labels: drawn by the committed keys on the owner's word "
                           "(no derivation key opened; wm verify --open-keys opens them)")
-        raise _NotDone(f"no derivation key opened (sets {keyed} commit to one); "
+        raise NotDone(f"no derivation key opened (sets {keyed} commit to one); "
                        "their labels rest on the commitment and its time")
     if committed_inputs:
         st.trusted.append(f"the inputs of sets {committed_inputs} were chosen from data at "
@@ -381,68 +257,68 @@ def _derivation(st: _State) -> str:
             f"labels and {inputs} data-free inputs")
 
 
-def _openings(st: _State) -> str:
+def _openings(st: CheckState) -> str:
     n = 0
     for i, t in enumerate(st.c.tests):
         for o in t.openings:
             if o.tree_size != t.size or not 0 <= o.index < t.size:
-                raise _Failed(f"test {i}: probe {o.index} opens against a tree of another size")
+                raise CheckFailed(f"test {i}: probe {o.index} opens against a tree of another size")
             if tuple(o.input.shape) != t.input_shape:
-                raise _Failed(f"test {i}: probe {o.index} has another input shape than the set")
+                raise CheckFailed(f"test {i}: probe {o.index} has another input shape than the set")
             try:
                 o.verify(t.root)
             except IntegrityError as exc:
-                raise _Failed(f"test {i}: {exc}") from exc
+                raise CheckFailed(f"test {i}: {exc}") from exc
             n += 1
     return f"{n} opened probes open against their sets' Merkle roots"
 
 
-def _counting(st: _State) -> str:
+def _counting(st: CheckState) -> str:
     ids = [t.probeset_id for t in st.c.tests]
     roots = [t.root for t in st.c.tests]
     if len(set(ids)) != len(ids) or len(set(roots)) != len(roots):
-        raise _Failed("a probe set is tested twice")
+        raise CheckFailed("a probe set is tested twice")
     digests: dict[str, tuple[int, int]] = {}
     for i, t in enumerate(st.c.tests):
         seen: set[int] = set()
         for o in t.openings:
             if o.index in seen:
-                raise _Failed(f"test {i}: probe {o.index} is opened twice")
+                raise CheckFailed(f"test {i}: probe {o.index} is opened twice")
             seen.add(o.index)
             d = input_digest(o.input)
             if d in digests:
-                raise _Failed(f"test {i}: probe {o.index} has the same input as probe "
+                raise CheckFailed(f"test {i}: probe {o.index} has the same input as probe "
                               f"{digests[d][1]} of test {digests[d][0]}")
             digests[d] = (i, o.index)
     batches: set[int] = set()
     sent: set[tuple[int, int]] = set()
     for r in st.c.records:
         if r.batch in batches:
-            raise _Failed(f"batch {r.batch} appears twice")
+            raise CheckFailed(f"batch {r.batch} appears twice")
         batches.add(r.batch)
         for src, idx, _ in r.items:
             if src == DECOY:
                 continue
             if (src, idx) in sent:
-                raise _Failed(f"batch {r.batch}: probe {src}/{idx} was already counted")
+                raise CheckFailed(f"batch {r.batch}: probe {src}/{idx} was already counted")
             sent.add((src, idx))
     return f"{len(ids)} distinct probe sets, {len(sent)} distinct probes, {len(digests)} distinct inputs"
 
 
-def _transcript(st: _State) -> str:
+def _transcript(st: CheckState) -> str:
     c = st.c
     if len(c.header_sources) != len(c.tests):
-        raise _Failed("the header lists another number of probe sets than the tests")
+        raise CheckFailed("the header lists another number of probe sets than the tests")
     for i, (s, t) in enumerate(zip(c.header_sources, c.tests, strict=True)):
         want = {"model": t.model, "kind": t.kind, "root": b64e(t.root), "probeset_id": t.probeset_id,
                 "null": dict(t.null_dict)}
         if any(s.get(k) != v for k, v in want.items()):
-            raise _Failed(f"header source {i} differs from test {i}")
+            raise CheckFailed(f"header source {i} differs from test {i}")
     if c.header.get("suspect") != dict(c.suspect):
-        raise _Failed("the header names another suspect")
+        raise CheckFailed("the header names another suspect")
     named = set(c.models_named)
     if not {t.model for t in c.tests} <= named or {m.name for m in c.models} != named:
-        raise _Failed("the models named differ between the header, the tests and the proofs")
+        raise CheckFailed("the models named differ between the header, the tests and the proofs")
     opened = [{o.index: o for o in t.openings} for t in c.tests]
     used: list[set[int]] = [set() for _ in c.tests]
     decoys_used: set[int] = set()
@@ -450,19 +326,19 @@ def _transcript(st: _State) -> str:
         for src, idx, digest in r.items:
             if src == DECOY:
                 if idx not in c.decoys or input_digest(c.decoys[idx]) != digest:
-                    raise _Failed(f"batch {r.batch}: decoy {idx} is not the included input")
+                    raise CheckFailed(f"batch {r.batch}: decoy {idx} is not the included input")
                 decoys_used.add(idx)
                 continue
             if not 0 <= src < len(c.tests) or idx not in opened[src]:
-                raise _Failed(f"batch {r.batch}: probe {src}/{idx} is not opened")
+                raise CheckFailed(f"batch {r.batch}: probe {src}/{idx} is not opened")
             if input_digest(opened[src][idx].input) != digest:
-                raise _Failed(f"batch {r.batch}: probe {src}/{idx} was not the opened input")
+                raise CheckFailed(f"batch {r.batch}: probe {src}/{idx} was not the opened input")
             used[src].add(idx)
     for i, by_index in enumerate(opened):
         if set(by_index) != used[i]:
-            raise _Failed(f"test {i}: opened probes differ from the probes sent")
+            raise CheckFailed(f"test {i}: opened probes differ from the probes sent")
     if set(c.decoys) != decoys_used:
-        raise _Failed("the included decoys differ from the decoys sent")
+        raise CheckFailed("the included decoys differ from the decoys sent")
     st.trusted.append("the suspect's answers as the owner recorded them "
                       "(wm evidence replay re-sends the queries to check them)")
     return (f"{len(c.records)} requests name only opened probes ({sum(map(len, used))}) "
@@ -496,7 +372,7 @@ def _close(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else path or "value"
 
 
-def _statistics(st: _State) -> str:
+def _statistics(st: CheckState) -> str:
     c = st.c
     # Model, kind and null as registered; the unspent count (the futility rule's population) as
     # the header says: it can only make a run stop early as "not owned", never as "owned".
@@ -510,31 +386,31 @@ def _statistics(st: _State) -> str:
         stats = compute_statistics(st.inputs, alpha=c.alpha, mode=c.mode, models=c.models_named,
                                    futility=st.futility)
     except InputError as exc:
-        raise _Failed(str(exc)) from exc
+        raise CheckFailed(str(exc)) from exc
     where = _close(stats.to_dict(), dict(c.statistics))
     if where is not None:
-        raise _Failed(f"recomputed statistics differ at {where}")
+        raise CheckFailed(f"recomputed statistics differ at {where}")
     st.stats = stats
     return (f"{stats.probes} answered probes give p = {stats.p_value:.3g} "
             f"({stats.mode}, alpha {stats.alpha:g}), as signed")
 
 
-def _selection(st: _State) -> str:
+def _selection(st: CheckState) -> str:
     c = st.c
     assert st.checkpoint is not None and st.stats is not None
     committed = st.checkpoint.probesets
     if committed is None:
-        raise _Failed("the log does not prove how many probe sets it held at its checkpoint "
+        raise CheckFailed("the log does not prove how many probe sets it held at its checkpoint "
                       "(no signed count in the checkpoint's last entry)")
     kept = [st.inputs[i] for i in st.kept]
     stats = compute_statistics(kept, alpha=st.stats.alpha, mode=st.stats.mode,
                                models=c.models_named, futility=st.futility) if kept else None
     if stats is None:
-        raise _Failed("no probe set is left to decide on")
+        raise CheckFailed("no probe set is left to decide on")
     try:
         selection = correct_for_selection(stats, committed)
     except InputError as exc:
-        raise _Failed(str(exc)) from exc
+        raise CheckFailed(str(exc)) from exc
     st.verdict, st.p_value, st.model = selection.verdict, selection.p_value, selection.model
     st.trusted.append(f"the count of {committed} probe sets in the log at its checkpoint of "
                       f"{st.checkpoint.tree_size} entries, signed by the owner in its last entry "
@@ -545,84 +421,21 @@ def _selection(st: _State) -> str:
             f"corrected p = {selection.p_value:.3g}")
 
 
-def _verdict(st: _State) -> str:
+def _verdict(st: CheckState) -> str:
     c = st.c
     if st.verdict != c.verdict:
-        raise _Failed(f"the bundle says {c.verdict}; under your pins: {st.verdict} "
+        raise CheckFailed(f"the bundle says {c.verdict}; under your pins: {st.verdict} "
                       f"(p = {st.p_value:.3g})")
     assert st.p_value is not None
     if not st.dropped and not math.isclose(st.p_value, c.p_value, rel_tol=1e-9, abs_tol=1e-300):
-        raise _Failed(f"the bundle's p-value {c.p_value:.3g} differs from the recomputed "
+        raise CheckFailed(f"the bundle's p-value {c.p_value:.3g} differs from the recomputed "
                       f"{st.p_value:.3g}")
     return f"{st.verdict} (model {st.model}, p = {st.p_value:.3g}) stands"
 
 
-_CHECKS: tuple[Callable[[_State], str], ...] = (
+CHECKS: tuple[Callable[[CheckState], str], ...] = (
     _format, _owner_key, _registry, _time, _nulls, _derivation, _openings, _counting,
     _transcript, _statistics, _selection, _verdict,
 )
 
 
-def run_checks(envelope: Any, pins: Pins) -> Checklist:
-    """Check a bundle part by part; the checklist (a failed line where it failed).
-
-    Args:
-        envelope: the bundle as parsed JSON.
-        pins: what the third party pinned.
-
-    Raises:
-        InputError: no owner key pinned and ``trust_embedded_key`` not set.
-    """
-    if not pins.owner_key_ids and not pins.trust_embedded_key:
-        raise InputError("no owner key pinned", hint="pass --owner-key FILE (the owner.pub the "
-                         "owner published) or its key id")
-    st = _State(envelope=envelope, pins=pins)
-    lines: list[CheckLine] = []
-    failed = False
-    for n, ((part, title), check) in enumerate(zip(PARTS, _CHECKS, strict=True), start=1):
-        if failed:
-            lines.append(CheckLine(n, part, title, "not done", "an earlier check failed"))
-            continue
-        try:
-            lines.append(CheckLine(n, part, title, "done", check(st)))
-        except _NotDone as exc:
-            lines.append(CheckLine(n, part, title, "not done", str(exc)))
-        except _Failed as exc:
-            lines.append(CheckLine(n, part, title, "failed", str(exc)))
-            failed = True
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
-                RecursionError, InputError, IntegrityError) as exc:
-            lines.append(CheckLine(n, part, title, "failed",
-                                   f"the bundle is malformed ({type(exc).__name__}: {exc})"))
-            failed = True
-    claims = st.claims
-    return Checklist(
-        lines=tuple(lines),
-        trusted=tuple(st.trusted),
-        untrusted_key=not pins.owner_key_ids,
-        suspect=claims.suspect_url if claims else None,
-        owner_key_id=st.key_id,
-        bundle_verdict=claims.verdict if claims else None,
-        verdict=st.verdict,
-        p_value=st.p_value,
-        model=st.model,
-        probes=st.stats.probes if st.stats else 0,
-        counted=tuple(st.kept) if not failed else (),
-        dropped=tuple(st.dropped),
-        committed=st.checkpoint.probesets if st.checkpoint is not None else None,
-        claims=claims,
-    )
-
-
-def check_bundle(envelope: Any, pins: Pins) -> Checklist:
-    """Check a bundle; its checklist, or :class:`EvidenceError` naming the part that failed.
-
-    Raises:
-        EvidenceError: ``part`` is the failed check (one of :data:`PARTS`).
-        InputError: no owner key pinned and ``trust_embedded_key`` not set.
-    """
-    checklist = run_checks(envelope, pins)
-    failure = checklist.failure
-    if failure is not None:
-        raise EvidenceError(failure.detail, part=failure.part)
-    return checklist
