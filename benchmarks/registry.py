@@ -129,13 +129,13 @@ def many_writers(url: str, home: Path, tmp: Path, procs: int, each: int) -> floa
 
 
 def verify_time(url: str, home: Path, n: int) -> tuple[float, float, float]:
-    """Build a log of ``n`` entries, checkpoint it, and time the audit with 1 and 2 signature
-    workers, interleaved; (seconds with 1, seconds with 2, build rate)."""
+    """Build a log of ``n`` entries, checkpoint it, and time the audit with 1, then 2 signature
+    workers; (seconds with 1, seconds with 2, build rate)."""
     build = build_log(url, home, n)
     times: dict[int, float] = {1: float("inf"), 2: float("inf")}
     with Registry.open(url) as reg:
         reg.checkpoint(load_owner_key(home, "bench"))
-        for workers in (1, 2, 1, 2):
+        for workers in (1, 2):
             t0 = time.perf_counter()
             report = reg.verify_log(workers=workers)
             times[workers] = min(times[workers], time.perf_counter() - t0)
@@ -153,6 +153,25 @@ def build_log(url: str, home: Path, n: int) -> float:
         for start in range(0, n - 1, batch):
             reg.append_many(key, PAYLOAD_TYPE, [{"i": i} for i in range(start, min(n - 1, start + batch))])
         return (n - 1) / (time.perf_counter() - t0)
+
+
+def audit_cpu(n: int) -> str:
+    """CPU seconds of a one-process audit of ``n`` entries (SQLite: all the work is in this
+    process), so a figure taken on a loaded machine says what one idle core would take."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        home = Path(tmpdir) / "home"
+        generate_owner_key(home, "bench", "bench", kdf_rounds=1000)
+        url = f"sqlite:///{Path(tmpdir) / 'cpu.db'}"
+        build_log(url, home, n)
+        with Registry.open(url) as reg:
+            w0, c0 = time.perf_counter(), time.process_time()
+            reg.verify_log()
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return (
+        f"audit of {n:,} entries (SQLite, 1 process): {wall:.2f} s wall, {cpu:.2f} s CPU = "
+        f"{cpu / n * 1e6:.0f} us per entry, {cpu / n * 1e5:.1f} s of CPU per 100,000 entries; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def proof_times(url: str, sizes: list[int], reps: int = 200) -> list[tuple[int, float, float, int]]:
@@ -173,15 +192,56 @@ def proof_times(url: str, sizes: list[int], reps: int = 200) -> list[tuple[int, 
     return out
 
 
+def proofs_only(n: int, pg_url: str, out: Path) -> int:
+    """Build a log of ``n`` entries on each database and time proofs in it; a table to ``out``."""
+    kinds = ["sqlite"] + (["postgresql"] if _pg_ok(pg_url) is None else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        home = tmp / "home"
+        generate_owner_key(home, "bench", "bench", kdf_rounds=1000)
+        for kind in kinds:
+            with _database(kind, pg_url, tmp) as url:
+                build_log(url, home, n)
+                sizes = [m for m in (10**3, 10**4, 10**5, 10**6) if m <= n]
+                for m, incl, cons, hashes in proof_times(url, sizes):
+                    load = os.getloadavg()[0]
+                    rows.append(
+                        f"| {kind} | {n:,} | {m:,} | {hashes} | {incl:.2f} | {cons:.2f} | {load:.1f} |"
+                    )
+                    print(rows[-1], flush=True)
+    out.write_text("\n".join([
+        f"# Proof times (`python -m benchmarks.registry --proofs-only {n}`)",
+        "",
+        "Mean of 200 `Registry.inclusion_proof(i, m)` and 200 `Registry.consistency_proof(k, m)` "
+        "for trees of m entries inside a log of the size shown.",
+        "",
+        "| database | log size | tree size m | inclusion hashes | inclusion ms | consistency ms | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+    ]))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pg", default=PG_DEFAULT, help="PostgreSQL URL (a schema is created)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--audit-cpu", type=int, metavar="N",
+                        help="only: the CPU time of a one-process audit of N entries")
+    parser.add_argument("--proofs-only", type=int, metavar="N",
+                        help="only: proof times in logs of N entries on both databases (to --out)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "registry.md"))
     args = parser.parse_args()
     if args.worker:
         return _worker(args.worker)
+    if args.audit_cpu:
+        print(audit_cpu(args.audit_cpu))
+        return 0
+    if args.proofs_only:
+        return proofs_only(args.proofs_only, args.pg, Path(args.out))
 
     single_n, procs, each = (300, 8, 50) if args.quick else (2000, 8, 250)
     verify_sizes = [1000, 5000] if args.quick else [10_000, 100_000]
@@ -224,10 +284,10 @@ def main() -> int:
                     print(verify_rows[-1], flush=True)
                     if n == verify_sizes[-1] and (kind != "sqlite" or proof_max <= n):
                         proofs(kind, url, n)
-            if kind == "sqlite" and proof_max > verify_sizes[-1]:
-                with _database(kind, args.pg, tmp) as url:
-                    build_log(url, home, proof_max)
-                    proofs(kind, url, proof_max)
+        if proof_max > verify_sizes[-1]:  # the largest log last: it takes longest to build
+            with _database("sqlite", args.pg, tmp) as url:
+                build_log(url, home, proof_max)
+                proofs("sqlite", url, proof_max)
     lines = [
         "# Registry benchmark",
         "",
@@ -257,9 +317,9 @@ def main() -> int:
         "",
         "Streams the log in batches of 4,096 and recomputes every leaf hash, Ed25519 signature, "
         "signed index, previous root and probe-set count, every stored tree node, the head and "
-        "one checkpoint. Logs built with `append_many` (batches of 5,000). Best of two runs each "
-        "with the signatures checked in this process and with 2 worker processes "
-        "(`wm audit verify --workers 2`), interleaved.",
+        "one checkpoint. Logs built with `append_many` (batches of 5,000). One run with the "
+        "signatures checked in this process, then one with 2 worker processes "
+        "(`wm audit verify --workers 2`).",
         "",
         "| database | entries | verify s, 1 process | verify s, 2 workers | entries/s verified (best) "
         "| entries/s appended in batches | load |",

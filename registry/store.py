@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -238,9 +238,17 @@ class LogStore:
             q = select(LogEntryRow.idx, LogEntryRow.leaf_hash).where(LogEntryRow.idx.in_(leaves))
             found.update({(0, i + 1): bytes(h) for i, h in s.execute(q)})
         if inner:
-            key = tuple_(MerkleNodeRow.end_idx, MerkleNodeRow.level)
-            q2 = select(MerkleNodeRow.end_idx, MerkleNodeRow.level, MerkleNodeRow.hash).where(key.in_(inner))
-            found.update({(level, end): bytes(h) for end, level, h in s.execute(q2)})
+            # By end_idx alone (the primary key's first column): SQLite scans the whole
+            # table for a row-value IN. A few more rows come back (nodes ending at the same
+            # leaf on other levels) and are dropped here.
+            wanted = set(inner)
+            ends = sorted({end for end, _ in inner})
+            q2 = select(MerkleNodeRow.end_idx, MerkleNodeRow.level, MerkleNodeRow.hash).where(
+                MerkleNodeRow.end_idx.in_(ends)
+            )
+            found.update(
+                {(level, end): bytes(h) for end, level, h in s.execute(q2) if (end, level) in wanted}
+            )
         if len(found) != len(want):
             missing = min(want - found.keys())
             raise RegistryError(f"the log store lacks the tree node {missing} (run `wm audit verify`)")

@@ -35,7 +35,13 @@ def test_register_audit_and_proof(model_file: Path, tmp_path: Path, db_url: str)
     runner = CliRunner()
     home = tmp_path / "home"
     base = ["--home", str(home), "--registry", db_url]
-    assert runner.invoke(wm, [*base, "keygen", "--name", "alice"], env=ENV).exit_code == 0
+    res = runner.invoke(wm, [*base, "keygen", "--name", "alice"], env=ENV)
+    assert res.exit_code == 0, res.output
+    assert f"public key (publish it) written to {home / 'owner.pub'}" in res.stdout
+    kid = res.stdout.split("key id ")[1].split()[0]
+    note_key = res.stdout.split("note key ")[1].strip()
+    assert kid == load_owner_key(home, "pw").key_id and note_key.startswith("alice+")
+    assert (home / "owner.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
     model = tmp_path / "m.pt2"
     model.write_bytes(model_file.read_bytes())
     ps = make_probeset(6)
