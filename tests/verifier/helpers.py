@@ -326,8 +326,12 @@ def digits_watermark(key: WatermarkKey = OWNER_KEY) -> ProbeSet:
                                               data=splits.train)
 
 
-def watermarked_cnn(probes: ProbeSet, epochs: int = 30) -> torch.nn.Module:
-    """A CNN really trained on digits with ``probes`` embedded by the training hook (seed 0)."""
+def watermarked_cnn(probes: ProbeSet, epochs: int = 40) -> torch.nn.Module:
+    """A CNN really trained on digits with ``probes`` embedded by the training hook (seed 0).
+
+    40 epochs: the owner then answers every probe of :func:`digits_watermark` with its
+    committed label (30 left 2 of 100 unlearnt), so it stands for an exact copy.
+    """
     from core.arch import build_model
     from core.training import train_classifier
 
