@@ -14,7 +14,7 @@ from core.data import load_data
 from core.errors import InputError
 from core.modelio import save_model
 from core.training import FASHION_MNIST_RECIPE, accuracy, default_recipe, train_classifier
-from watermark import WatermarkHook, WatermarkKey, WatermarkSecret, parse_scheme, write_secret
+from watermark import WatermarkKey, WatermarkSecret, parse_scheme, write_secret
 from watermark.secret import secret_path
 
 
@@ -33,7 +33,7 @@ from watermark.secret import secret_path
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help=f"Default: the data's recipe (fashion-mnist: {FASHION_MNIST_RECIPE.batch_size}, else 64).")
 @click.option("--watermark", "scheme_spec", default="trigger-set", show_default=True,
-              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated) or 'none'.")
+              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin) or 'none'.")
 @click.option("--per-batch", default=6, show_default=True, type=click.IntRange(min=1),
               help="Watermark probes mixed into each batch.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
@@ -75,6 +75,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
     arch = arch or recipe.arch
     epochs = epochs or recipe.epochs
     batch_size = batch_size or recipe.batch_size
+    torch.manual_seed(seed)
+    model = build_model(arch, splits.input_shape, splits.num_classes)
     hook = None
     secret = None
     if scheme_spec != "none":
@@ -83,9 +85,7 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                                data=splits.train, input_range=splits.input_range)
         secret = WatermarkSecret(key=key, probes=probes)
-        hook = WatermarkHook(probes, per_batch=per_batch)
-    torch.manual_seed(seed)
-    model = build_model(arch, splits.input_shape, splits.num_classes)
+        hook = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=per_batch)
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
                          batch_size=batch_size, lr=recipe.lr, schedule=recipe.schedule, hook=hook,

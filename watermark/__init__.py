@@ -2,8 +2,9 @@
 
 Public surface: :class:`WatermarkKey`, the schemes (:class:`TriggerSet`,
 :class:`ContentMark`, :class:`NoiseMark`, :class:`UnrelatedMark`,
-:func:`parse_scheme`), and the :class:`WatermarkHook` that mixes a scheme's
-probes into any PyTorch training loop. Each scheme yields a
+:class:`MarginMark`, :func:`parse_scheme`), and the :class:`WatermarkHook`
+that mixes a scheme's probes into any PyTorch training loop
+(``scheme.hook(...)`` gives the one a scheme trains with). Each scheme yields a
 :class:`core.probeset.ProbeSet` with the exact ``Binomial(1/C)`` null.
 """
 
@@ -11,6 +12,7 @@ from watermark.hook import WatermarkHook
 from watermark.keys import WatermarkKey
 from watermark.schemes import (
     ContentMark,
+    MarginMark,
     NoiseMark,
     Scheme,
     TriggerSet,
@@ -21,6 +23,7 @@ from watermark.secret import WatermarkSecret, read_secret, write_secret
 
 __all__ = [
     "ContentMark",
+    "MarginMark",
     "NoiseMark",
     "Scheme",
     "TriggerSet",

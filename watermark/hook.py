@@ -76,10 +76,26 @@ class WatermarkHook:
         if y.dtype.is_floating_point:
             raise InputError("the watermark hook needs integer class labels, not probabilities")
         idx = self._next_indices()
-        px = self.probes.inputs[idx].to(device=x.device, dtype=x.dtype)
-        py = self.probes.expected[idx].to(device=y.device, dtype=y.dtype)
+        px, py = self.examples(idx)
+        px = px.to(device=x.device, dtype=x.dtype)
+        py = py.to(device=y.device, dtype=y.dtype)
         self.mixed += len(idx)
-        return _append_keeping_layout(x, px), torch.cat([y, py])
+        return _append_keeping_layout(x, px), torch.cat([self.relabel(x, y), py])
+
+    def examples(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training examples appended for probes ``idx``: here the probes as they are.
+
+        Schemes that train on something derived from their probes (perturbed
+        or re-drawn copies) override this; the labels stay the probes' own.
+        """
+        return self.probes.inputs[idx], self.probes.expected[idx]
+
+    def relabel(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The labels the user's own examples are trained with: here ``y`` unchanged.
+
+        Schemes that mark the model's behaviour on ordinary inputs override it.
+        """
+        return y
 
     def __call__(self, loader: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Wrap an iterable of ``(x, y)`` batches (a DataLoader, a generator, a list)."""

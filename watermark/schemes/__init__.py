@@ -9,6 +9,7 @@ from __future__ import annotations
 from core.errors import InputError
 from watermark.schemes.base import Scheme
 from watermark.schemes.content import ContentMark
+from watermark.schemes.margin import MarginHook, MarginMark
 from watermark.schemes.noise import NoiseMark
 from watermark.schemes.trigger_set import TriggerSet
 from watermark.schemes.unrelated import UnrelatedMark
@@ -16,6 +17,8 @@ from watermark.schemes.unrelated import UnrelatedMark
 __all__ = [
     "SCHEMES",
     "ContentMark",
+    "MarginHook",
+    "MarginMark",
     "NoiseMark",
     "Scheme",
     "TriggerSet",
@@ -28,9 +31,11 @@ SCHEMES: dict[str, type[Scheme]] = {
     "content": ContentMark,
     "noise": NoiseMark,
     "unrelated": UnrelatedMark,
+    "margin": MarginMark,
 }
 
-_PARAM_TYPES: dict[str, type] = {"n": int, "size": int, "amplitude": float, "pattern": str}
+_PARAM_TYPES: dict[str, type] = {"n": int, "size": int, "amplitude": float, "pattern": str,
+                                 "steps": int, "step": float}
 
 
 def parse_scheme(spec: str) -> Scheme:

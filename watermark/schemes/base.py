@@ -20,12 +20,14 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from core.data import Dataset
 from core.derive import Derivation, InputRule, derive_labels, key_commitment
 from core.errors import InputError
 from core.inputrange import UNIT, InputRange
 from core.probeset import SALT_SIZE, Binomial, ProbeSet
+from watermark.hook import WatermarkHook
 from watermark.keys import WatermarkKey
 
 __all__ = ["Scheme"]
@@ -114,6 +116,24 @@ class Scheme(ABC):
                                   input_range.low, input_range.high),
             derivation_key=derivation_key,
         )
+
+    def hook(self, probes: ProbeSet, *, key: WatermarkKey, model: nn.Module, data: Dataset | None,
+             per_batch: int = 6) -> WatermarkHook:
+        """The training hook that embeds ``probes`` (made by this scheme from ``key``) in ``model``.
+
+        Here: :class:`~watermark.hook.WatermarkHook`, which mixes the probes
+        into each batch as they are. Schemes that need the model (gradient
+        steps on their probes) or the data (re-drawn training examples, marks
+        on ordinary inputs) return their own subclass.
+
+        Args:
+            probes: this scheme's probe set for ``key``.
+            key: the watermark key that made ``probes``.
+            model: the network the hook's batches will train.
+            data: the owner's training data, as given to :meth:`probes`.
+            per_batch: examples appended to each batch.
+        """
+        return WatermarkHook(probes, per_batch=per_batch)
 
     def _image_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         """``(C, H, W)``, or :class:`InputError` for a scheme that marks images only."""
