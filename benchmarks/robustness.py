@@ -44,6 +44,7 @@ small configuration for development (not the published table).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import os
@@ -75,7 +76,7 @@ from attacks import (
     query_model,
 )
 from benchmarks.robustness_report import plot, render_markdown, write_csv
-from core.arch import build_model
+from core.arch import build_model, resolve_arch
 from core.data import BUILTIN, Splits, load_data
 from core.modelio import load_model, save_model, weights_digest
 from core.probeset import ProbeSet
@@ -348,6 +349,8 @@ def fingerprint_set(owner: nn.Module, splits: Splits, arch: str, *, quick: bool,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="digits", choices=BUILTIN)
+    ap.add_argument("--arch", default=None,
+                    help="the owner's architecture, a name or MODULE:FUNCTION (default: the data's recipe)")
     ap.add_argument("--quick", action="store_true", help="small configuration for development")
     ap.add_argument("--no-fingerprint", dest="fingerprint", action="store_false",
                     help="leave the CAE fingerprint out (it trains dozens of models)")
@@ -368,6 +371,8 @@ def main() -> None:
 
     splits = load_data(args.data)
     recipe, setting = default_recipe(splits), SETTINGS[args.data]
+    if args.arch is not None:
+        recipe = dataclasses.replace(recipe, arch=resolve_arch(args.arch).name)
     pool = splits.attacker_pool
     assert pool is not None
     k = splits.num_classes
