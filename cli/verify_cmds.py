@@ -37,8 +37,9 @@ _PROTOCOLS = ["auto", "oip", "tfserving", "torchserve", "json"]
               help="Inputs per request.")
 @click.option("--decoy-ratio", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Decoys per probe.")
-@click.option("--decoys", "decoy_spec", default="digits", show_default=True,
-              help="'digits', 'fashion-mnist' or an .npz whose test split supplies in-distribution decoys.")
+@click.option("--decoys", "decoy_spec", default=None,
+              help="In-distribution decoys: 'digits', 'fashion-mnist' or an .npz (its test split). "
+              "Default: the data the models were trained on, as the registry records it.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds for connecting to the suspect, and for each read or write.")
 @click.option("--deadline", default=300.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -60,7 +61,7 @@ _PROTOCOLS = ["auto", "oip", "tfserving", "torchserve", "json"]
 @click.pass_obj
 def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: str, alpha: float,
                budget: int, headers: tuple[str, ...], evidence: str | None, resume: str | None,
-               as_json: bool, fixed: bool, batch_size: int, decoy_ratio: float, decoy_spec: str,
+               as_json: bool, fixed: bool, batch_size: int, decoy_ratio: float, decoy_spec: str | None,
                timeout: float, deadline: float, retries: int, concurrency: int, max_response_bytes: int,
                input_name: str | None, json_input_field: str, json_output_field: str,
                open_keys: bool) -> None:
@@ -88,7 +89,7 @@ def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: st
         settings=settings, json_input_field=json_input_field, json_output_field=json_output_field,
         input_name=input_name, open_keys=open_keys,
     )
-    decoys = load_data(decoy_spec).test.x
+    decoys = load_data(decoy_spec).test.x if decoy_spec is not None else None
     owner_key = load_owner_key(ctx.home)
     progress = None
     if interactive():

@@ -25,6 +25,7 @@ import httpx
 import torch
 
 from core.canonical import b64e
+from core.data import decoy_data
 from core.errors import InputError, RegistryError
 from registry.keys import OwnerKey
 from registry.log import Registry
@@ -212,12 +213,16 @@ def verify_suspect(
     registry: Registry,
     owner_key: OwnerKey,
     options: VerifyOptions,
-    decoys: torch.Tensor,
+    decoys: torch.Tensor | None,
     *,
     transport: httpx.BaseTransport | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyOutcome:
     """Run a verification (or resume one) and record its evidence; see the module docstring.
+
+    ``decoys`` are in-distribution inputs to shuffle the probes among; ``None``
+    takes them from the test split of the data the models were trained on, as
+    the registry records it (:func:`core.data.decoy_data`).
 
     Raises:
         InputError, RegistryError, KeyError_: bad options, registry or key problems, or a
@@ -238,6 +243,8 @@ def verify_suspect(
         if not models:
             raise InputError("name at least one registered model with --model")
         sources = load_sources(registry, owner_key, models)
+    if decoys is None:
+        decoys = decoy_data(None, {m: registry.model(m).data for m in models}).test.x
     first = sources[0].probes
     client, detection = _client(options, first.num_classes, first.input_shape, transport)
     reason = f"verify {options.suspect}"

@@ -171,3 +171,18 @@ def test_own_model_owned_and_independent_not(world: World, kind: str, data: str)
         verdicts[suspect] = (code, result["verdict"], result["p_value"])
     assert verdicts[f"owner-{kind}"][:2] == (0, "owned") and verdicts[f"owner-{kind}"][2] <= 1e-6, verdicts
     assert verdicts[f"indep-{kind}"][:2] == (1, "not_owned") and verdicts[f"indep-{kind}"][2] > 1e-6, verdicts
+
+
+def test_decoys_default_to_the_models_own_data(world: World, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    url = f"{world.server.url}/v2/models/owner-img/infer"
+    monkeypatch.chdir(world.dir)  # where images.npz, the data owner-img was trained on, lives
+    code, out, err = _wm(world, "verify", "--suspect", url, "--model", "owner-img", "--json",
+                         "--evidence", str(world.dir / "default-decoys.json"))
+    assert code == 0, err
+    assert json.loads(out)["decoys"] > 0
+    monkeypatch.chdir(tmp_path)  # elsewhere: never some other data set by accident
+    code, _, err = _wm(world, "verify", "--suspect", url, "--model", "owner-img")
+    assert code == 2
+    assert err == ("wm: error: model 'owner-img' was trained on images.npz, which is not in the current "
+                   "directory (give --decoys PATH/TO/images.npz)\n")

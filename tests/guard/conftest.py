@@ -42,7 +42,7 @@ def owner_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("owner") / "owner.pt2"
-    return save_model(model, path, input_shape=(1, 8, 8), num_classes=10, arch="cnn")
+    return save_model(model, path, input_shape=(1, 8, 8), num_classes=10, arch="cnn", data="digits")
 
 
 @dataclass

@@ -92,7 +92,7 @@ def _train_zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
     for name, m in models.items():
         assert accuracy(m, splits.test.x, splits.test.y) > 0.9, name
         paths[name] = save_model(m, out / f"{name}.pt2", input_shape=splits.input_shape,
-                                 num_classes=10, arch="cnn")
+                                 num_classes=10, arch="cnn", data="digits")
     write_secret(out / "copy.pt2.wmkey", WatermarkSecret(key=key, probes=probes))
     return Zoo(splits, probes, key, models, paths)
 
