@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -86,10 +87,12 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
                                data=splits.train, input_range=splits.input_range)
         secret = WatermarkSecret(key=key, probes=probes)
         hook = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=per_batch)
+    cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
                          batch_size=batch_size, lr=recipe.lr, schedule=recipe.schedule, hook=hook,
                          progress=progress)
+    cpu = time.process_time() - cpu
     save_model(model, out_path, input_shape=splits.input_shape, num_classes=splits.num_classes,
                arch=arch, input_range=splits.input_range, data=splits.recorded_name)
     clean = accuracy(model, splits.test.x, splits.test.y)
@@ -97,6 +100,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
     click.echo(f"trained:           {arch}, {epochs} epochs of {batch_size} on {len(splits.train)} "
                f"{splits.name} examples, inputs in [{splits.input_range.low:g}, "
                f"{splits.input_range.high:g}]")
+    click.echo(f"training time:     {cpu:.0f} s CPU ({cpu / epochs:.1f} s per epoch, "
+               f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''})")
     click.echo(f"clean accuracy:    {clean:.4f} on {len(splits.test)} {splits.name} test examples")
     if secret is not None:
         wm_acc = accuracy(model, secret.probes.inputs, secret.probes.expected)

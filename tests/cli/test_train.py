@@ -67,6 +67,7 @@ def test_train_flat_features_defaults_to_an_mlp(tmp_path: Path) -> None:
                                "--out", str(out), home=tmp_path)
     assert code == 0, stderr
     assert "trained:           mlp, 3 epochs of 64 on 64 f examples, inputs in [-10, 10]" in stdout
+    assert re.search(r"training time:     \d+ s CPU \([0-9.]+ s per epoch, 1 torch thread\)", stdout)
     loaded, secret = load_model(out), read_secret(secret_path(out))
     assert loaded.input_shape == (12,) and loaded.arch == "mlp"
     assert loaded.input_range == InputRange(-10.0, 10.0)

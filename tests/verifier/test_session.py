@@ -293,7 +293,8 @@ def test_two_concurrent_verifications_never_send_the_same_probe(
     db = f"sqlite:///{tmp_path / 'registry.db'}"
     save_model(untrained(), tmp_path / "m.pt2", input_shape=(1, 8, 8), num_classes=10, arch="mlp")
     with Registry.open(db) as reg:
-        reg.add_model(key, "m", tmp_path / "m.pt2", arch="mlp", input_shape=[1, 8, 8], num_classes=10)
+        reg.add_model(key, "m", tmp_path / "m.pt2", arch="mlp", input_shape=[1, 8, 8], num_classes=10,
+                      data="digits")
         reg.add_probeset(key, "m", probes)
     env = {**os.environ, "WM_HOME": str(home), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": db,
            "WM_TORCH_THREADS": "1"}
