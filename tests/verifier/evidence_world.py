@@ -68,7 +68,8 @@ def make_owner(tmp: Path, name: str, *, model: str = "m", seed: int = 0) -> Owne
     registry = Registry.open(db)
     path = tmp / f"{name}-{seed}.pt2"
     save_model(untrained(seed=seed), path, input_shape=SHAPE, num_classes=10, arch="mlp")
-    registry.add_model(key, model, path, arch="mlp", input_shape=list(SHAPE), num_classes=10)
+    registry.add_model(key, model, path, arch="mlp", input_shape=list(SHAPE), num_classes=10,
+                       data="digits")
     return Owner(home, key, db, registry, path)
 
 

@@ -158,7 +158,8 @@ def test_route2_post_hoc_probes_are_dropped_end_to_end(request: pytest.FixtureRe
     save_model(untrained(), path, input_shape=SHAPE, num_classes=10, arch="mlp")
     owner = Owner(home, key, db, Registry.open(db), path)
     for name in ("honest", "mixed"):
-        owner.registry.add_model(key, name, path, arch="mlp", input_shape=list(SHAPE), num_classes=10)
+        owner.registry.add_model(key, name, path, arch="mlp", input_shape=list(SHAPE), num_classes=10,
+                                 data="digits")
     honest = TriggerSet(n=60).probes(WatermarkKey(b"h" * 32), num_classes=10, input_shape=SHAPE)
     weak = TriggerSet(n=4).probes(WatermarkKey(b"k" * 32), num_classes=10, input_shape=SHAPE)
     owner.register(honest, model="honest")
