@@ -82,7 +82,8 @@ def owner_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     """A wm home with a key and an (untrained) model registered with a 100-probe watermark."""
     d = tmp_path_factory.mktemp("hostile")
     env = {"WM_HOME": str(d / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
-    model = save_model(untrained("mlp"), d / "m.pt2", input_shape=(1, 8, 8), num_classes=10, arch="mlp")
+    model = save_model(untrained("mlp"), d / "m.pt2", input_shape=(1, 8, 8), num_classes=10, arch="mlp",
+                       data="digits")
     write_secret(d / "m.pt2.wmkey", WatermarkSecret(key=OWNER_KEY, probes=digits_watermark()))
     from cli.main import _register_commands, wm
 
