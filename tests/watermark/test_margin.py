@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from core.arch import build_model
 from core.data import load_digits
+from core.derive import expected_input, expected_label
 from core.errors import InputError
 from core.inputrange import InputRange
 from core.probeset import Binomial
@@ -114,3 +115,78 @@ def test_the_hook_embeds_the_mark() -> None:
                      hook=scheme.hook(p, key=key, model=model, data=DIGITS.train, per_batch=16))
     assert accuracy(model, p.inputs, p.expected) >= 0.95
     assert accuracy(model, DIGITS.test.x, DIGITS.test.y) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def marked_and_independent():  # type: ignore[no-untyped-def]
+    """A digits CNN really trained with 40 margin probes, and an independent one (no mark, other seed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scheme, key = MarginMark(n=40), WatermarkKey(b"\x33" * 32)
+        p = scheme.probes(key, num_classes=10, input_shape=SHAPE, data=DIGITS.train)
+        torch.manual_seed(3)
+        marked = build_model("cnn", SHAPE, 10)
+        train_classifier(marked, DIGITS.train.x, DIGITS.train.y, epochs=30, seed=3,
+                         hook=scheme.hook(p, key=key, model=marked, data=DIGITS.train, per_batch=16))
+        torch.manual_seed(4)
+        independent = build_model("cnn", SHAPE, 10)
+        train_classifier(independent, DIGITS.train.x, DIGITS.train.y, epochs=20, seed=4)
+        yield p, marked, independent
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_marked_model_answers_its_probes_and_an_independent_one_is_at_chance(  # type: ignore[no-untyped-def]
+        marked_and_independent) -> None:
+    p, marked, independent = marked_and_independent
+    hits_marked = round(accuracy(marked, p.inputs, p.expected) * len(p))
+    hits_independent = round(accuracy(independent, p.inputs, p.expected) * len(p))
+    # both models classify the digits; only the marked one answers the key's labels
+    assert accuracy(independent, DIGITS.test.x, DIGITS.test.y) >= 0.9
+    assert hits_marked >= 36
+    assert stats.binom.sf(hits_marked - 1, len(p), 0.1) < 1e-20
+    # an independent model's matches are Binomial(40, 0.1): not significant at 1e-3
+    assert stats.binom.sf(hits_independent - 1, len(p), 0.1) > 1e-3
+
+
+def test_probes_re_derive_from_the_key() -> None:
+    key = WatermarkKey(b"\x44" * 32)
+    scheme = MarginMark(n=30)
+    a = scheme.probes(key, num_classes=10, input_shape=SHAPE, data=DIGITS.train)
+    b = parse_scheme(a.scheme).probes(key, num_classes=10, input_shape=SHAPE, data=DIGITS.train)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.expected, b.expected) and a.salts == b.salts
+    assert a.root == b.root
+    # what a checker does once the key is opened (wm verify --open-keys, wm evidence check)
+    d, k = a.derivation, a.derivation_key
+    assert d is not None and k is not None
+    assert d.labels == "uniform/v1" and d.inputs == "committed" and d.opens_with(k)
+    assert not d.opens_with(WatermarkKey(b"\x45" * 32).derivation_key(a.scheme))
+    for i in range(len(a)):
+        x = a.inputs[i].numpy()
+        assert expected_label(d, k, i, 10, x) == int(a.expected[i])
+        assert expected_input(d, k, i, SHAPE) is None  # inputs are training data: committed, not derived
+    # another key, another set
+    c = scheme.probes(WatermarkKey(b"\x46" * 32), num_classes=10, input_shape=SHAPE, data=DIGITS.train)
+    assert not torch.equal(a.inputs, c.inputs) and c.derivation_key != k
+
+
+def test_shape_errors_are_input_errors() -> None:
+    scheme = MarginMark(n=10)
+    key = WatermarkKey(b"\x47" * 32)
+    with pytest.raises(InputError, match=r"margin: the data's inputs are \[1, 8, 8\], not \[64\]"):
+        scheme.probes(key, num_classes=10, input_shape=(64,), data=DIGITS.train)
+    with pytest.raises(InputError, match="at least two classes"):
+        scheme.probes(key, num_classes=1, input_shape=SHAPE, data=DIGITS.train)
+    p = scheme.probes(key, num_classes=10, input_shape=SHAPE, data=DIGITS.train)
+    torch.manual_seed(0)
+    model = build_model("cnn", SHAPE, 10)
+    hook = scheme.hook(p, key=key, model=model, data=DIGITS.train)
+    with pytest.raises(InputError, match=r"batch inputs have shape \[1, 4, 4\], the watermark probes"):
+        hook.mix(torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(InputError, match="integer class labels"):
+        hook.mix(torch.zeros(3, *SHAPE), torch.zeros(3))
+    with pytest.raises(InputError, match="steps must be at least 0"):
+        MarginHook(p, model, steps=-1)
+    with pytest.raises(InputError, match="the step size must be positive"):
+        MarginHook(p, model, step=0.0)
