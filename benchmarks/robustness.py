@@ -35,10 +35,24 @@ more than 5 points below the owner's destroyed the model; it is marked "out
 of budget", not counted as an escape.
 
 Run: ``python -m benchmarks.robustness [--data digits|fashion-mnist]
-[--no-fingerprint]``; writes ``benchmarks/results/robustness-DATA.{csv,md,png}``.
-Model training is seeded; the guard draws a fresh epoch key per run, as
-``wm guard`` does, so its rows vary a little between runs. ``--quick`` is a
-small configuration for development (not the published table).
+[--no-fingerprint] [--cache DIR]``; writes
+``benchmarks/results/robustness-DATA.{csv,md,png}``. Model training is
+seeded; the guard draws a fresh epoch key per run, as ``wm guard`` does, so
+its rows vary a little between runs. ``--quick`` is a small configuration for
+development (not the published table). The attackers' effort (epochs, query
+budgets) is the data's :data:`SETTINGS` unless ``--tune-epochs``,
+``--distill-epochs``, ``--budgets``, ``--min-extract-epochs`` or
+``--control-epochs`` say otherwise; the table states the command that made it.
+
+**Cache.** With ``--cache DIR`` every trained model (the owner, each attacked
+model, each control, each surrogate) is kept in ``DIR/models`` under a key
+over everything that decides it: the data, the recipe, the attack's
+canonical name and seed, the owner's weights digest (for what is derived
+from the owner), the extraction's queries and answers (so a guarded
+extraction, whose answers change with the guard's fresh key, is retrained),
+and the source of the code that trains and attacks. A rerun with the same
+settings trains nothing again; changing any of these retrains what it
+touches. Fingerprint ensemble members are cached in ``DIR`` as before.
 """
 
 from __future__ import annotations
@@ -48,11 +62,14 @@ import dataclasses
 import hashlib
 import math
 import os
+import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +78,10 @@ import numpy as np
 import torch
 from torch import nn
 
+import attacks
+import core.arch
+import core.training
+import watermark
 from attacks import (
     AnswerFn,
     Distill,
@@ -124,6 +145,54 @@ SETTINGS = {
     "fashion-mnist": Setting(tune_epochs=5, distill_epochs=10, budgets=(1000, 5000, 20000),
                              min_extract_epochs=10, control_epochs=10),
 }
+
+
+def code_digest() -> str:
+    """SHA-256 over the source of the modules that decide how a model is trained, attacked or marked."""
+    h = hashlib.sha256(b"wm.benchmarks.robustness/code")
+    files: list[Path] = [Path(core.training.__file__), Path(core.arch.__file__)]
+    for pkg in (attacks, watermark):
+        files += sorted(Path(str(pkg.__file__)).parent.glob("*.py"))
+    for f in files:
+        h.update(f.name.encode() + b"\x00" + f.read_bytes())
+    return h.hexdigest()
+
+
+class ModelCache:
+    """Trained models on disk, keyed by everything that decides them (``--cache DIR``); none without DIR."""
+
+    def __init__(self, root: Path | None, data: str) -> None:
+        self.root = root / "models" if root is not None else None
+        self.prefix = f"{data}|{code_digest()}|{torch.__version__}"
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, build: Callable[[], nn.Module]) -> nn.Module:
+        """The cached model for ``key``, else ``build()`` (then stored)."""
+        if self.root is None:
+            return build()
+        path = self.root / (hashlib.sha256(f"{self.prefix}|{key}".encode()).hexdigest() + ".pt")
+        if path.exists():
+            self.hits += 1
+            model: nn.Module = torch.load(path, weights_only=False)  # our own cache, written below
+            return model.eval()
+        self.misses += 1
+        model = build()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model, tmp)
+        tmp.replace(path)
+        return model
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 over tensors' shapes, dtypes and bytes (a cache key for data a model was trained on)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{list(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -280,19 +349,23 @@ def extract_epochs(s: Setting, budget: int, min_steps: int = 400) -> int:
     return max(s.min_extract_epochs, math.ceil(min_steps / math.ceil(budget / 64)))
 
 
-def controls(splits: Splits, recipe: Recipe, s: Setting, quick: bool
+def controls(splits: Splits, recipe: Recipe, s: Setting, quick: bool, cache: ModelCache
              ) -> list[tuple[str, str, Callable[[], nn.Module]]]:
     """Independent models (name, spec, build): other seeds, architectures, data, and another watermark."""
     train, pool = splits.train, splits.attacker_pool
     assert pool is not None
     e, k = s.control_epochs, splits.num_classes
-    other = recipe.arch if recipe.arch != "cnn" else "cnn-wide"
+    other = "cnn-wide" if recipe.arch == "cnn" else "cnn"  # another CNN than the owner's
 
     def fit(arch: str, data: str, seed: int) -> Callable[[], nn.Module]:
         d = {"owner-train": train, "attacker pool": pool, "reference": splits.reference}[data]
         assert d is not None
-        return lambda: train_new(arch, d.x, d.y, num_classes=k, epochs=e, seed=seed,
-                                 batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
+
+        def build() -> nn.Module:
+            return train_new(arch, d.x, d.y, num_classes=k, epochs=e, seed=seed,
+                             batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
+
+        return lambda: cache.get(f"control|{arch}|{data}|{seed}|{e}|{recipe}", build)
 
     rows = [(f"independent {recipe.arch}, owner-train, seed 1001", recipe.arch, "owner-train", 1001),
             (f"independent {recipe.arch}, owner-train, seed 1002", recipe.arch, "owner-train", 1002),
@@ -306,12 +379,16 @@ def controls(splits: Splits, recipe: Recipe, s: Setting, quick: bool
            for name, arch, data, seed in rows]
     out.append((f"independent {recipe.arch}, own watermark (other key)",
                 f"train:{recipe.arch}:owner-train:seed=1008:wm=other",
-                lambda: train_owner(splits, recipe, OTHER_KEY, 1008)))
+                lambda: train_owner(splits, dataclasses.replace(recipe, epochs=e), OTHER_KEY, 1008, cache)))
     return out[:1] + out[3:4] if quick else out
 
 
-def train_owner(splits: Splits, recipe: Recipe, key: WatermarkKey, seed: int) -> nn.Module:
+def train_owner(splits: Splits, recipe: Recipe, key: WatermarkKey, seed: int,
+                cache: ModelCache | None = None) -> nn.Module:
     """A model of the data's recipe, watermarked with the default trigger set by the hook."""
+    if cache is not None and cache.root is not None:
+        return cache.get(f"owner|{recipe}|{hashlib.sha256(key.secret).hexdigest()}|{seed}",
+                         lambda: train_owner(splits, recipe, key, seed))
     probes = watermark_probes(splits, key)
     torch.manual_seed(seed)
     model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
@@ -360,8 +437,30 @@ def main() -> None:
                     help="fraction R of distinct inputs whose answers the guard marks (wm guard's default)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                     help="processes for the fingerprint ensembles (results do not depend on it)")
-    ap.add_argument("--cache", type=Path, default=None, help="cache for fingerprint ensemble members")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="cache for trained models (DIR/models) and fingerprint ensemble members")
+    ap.add_argument("--tune-epochs", type=int, default=None,
+                    help="fine-tuning, retraining and fine-pruning epochs (default: the data's setting)")
+    ap.add_argument("--distill-epochs", type=int, default=None, help="default: the data's setting")
+    ap.add_argument("--budgets", default=None,
+                    help="extraction query budgets, comma-separated (default: the data's setting)")
+    ap.add_argument("--min-extract-epochs", type=int, default=None, help="default: the data's setting")
+    ap.add_argument("--control-epochs", type=int, default=None,
+                    help="epochs of the independent controls (default: the data's setting)")
     args = ap.parse_args()
+    overrides = {name: getattr(args, name) for name in
+                 ("tune_epochs", "distill_epochs", "min_extract_epochs", "control_epochs")
+                 if getattr(args, name) is not None}
+    if any(v < 1 for v in overrides.values()):
+        ap.error("epochs must be at least 1")
+    if args.budgets is not None:
+        try:
+            budgets = tuple(int(b) for b in args.budgets.split(","))
+        except ValueError:
+            ap.error(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}")
+        if not budgets or min(budgets) < 1:
+            ap.error("every query budget must be at least 1")
+        overrides["budgets"] = budgets
     out_dir = args.out_dir or Path("/tmp/wm-robustness-quick" if args.quick else "benchmarks/results")
     torch.set_num_threads(1)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
@@ -370,13 +469,15 @@ def main() -> None:
         print(f"[{time.perf_counter() - started:7.1f}s] {msg}", flush=True)
 
     splits = load_data(args.data)
-    recipe, setting = default_recipe(splits), SETTINGS[args.data]
+    recipe, setting = default_recipe(splits), dataclasses.replace(SETTINGS[args.data], **overrides)
+    cache = ModelCache(args.cache, splits.name)
     if args.arch is not None:
         recipe = dataclasses.replace(recipe, arch=resolve_arch(args.arch).name)
     pool = splits.attacker_pool
     assert pool is not None
     k = splits.num_classes
-    owner = train_owner(splits, recipe, WATERMARK_KEY, OWNER_SEED)
+    owner = train_owner(splits, recipe, WATERMARK_KEY, OWNER_SEED, cache)
+    owner_digest = weights_digest(owner.state_dict())
     marks = watermark_probes(splits, WATERMARK_KEY)
     owner_acc = accuracy(owner, splits.test.x, splits.test.y)
     say(f"owner {recipe.arch}: clean accuracy {owner_acc:.4f}, watermark "
@@ -391,7 +492,9 @@ def main() -> None:
 
     models: list[tuple[str, Group, str, nn.Module]] = [("stolen copy, unmodified", "none", "none", owner)]
     for name, attack, seed in weight_attacks(setting, args.quick):
-        models.append((name, "weight theft", attack.name, attack(owner, pool, seed=seed)))
+        attacked = cache.get(f"attack|{owner_digest}|{attack.name}|{seed}",
+                             partial(attack, owner, pool, seed=seed))
+        models.append((name, "weight theft", attack.name, attacked))
         say(f"{name}: done")
     budgets = setting.budgets[:2] if args.quick else setting.budgets
     sessions = [(out, recipe.arch, b, g) for out in OUTPUTS for g in (False, True) for b in budgets]
@@ -409,7 +512,9 @@ def main() -> None:
                         stack.callback(http.close)
                     else:
                         answer = query_model(owner, output)
-                    surrogate = extract(answer, queries, num_classes=k, seed=100 + i)
+                    answers = extract.answers(answer, queries, num_classes=k)
+                surrogate = cache.get(f"extract|{extract.name}|{tensor_digest(queries, answers)}|{100 + i}",
+                                      partial(extract.fit, queries, answers, num_classes=k, seed=100 + i))
                 cross = " (cross-arch)" if arch != recipe.arch else ""
                 name = (f"extraction{cross}, {output}, {budget} queries, "
                         f"{'guarded' if is_guarded else 'unguarded'} API")
@@ -424,7 +529,7 @@ def main() -> None:
             say(f"guard ({output} API): {len(guard_sets[output])} marked queries committed")
         else:
             evidence.na[f"guard ({output} API)"] = "the guard marked none of the queries"
-    for name, spec, build in controls(splits, recipe, setting, args.quick):
+    for name, spec, build in controls(splits, recipe, setting, args.quick, cache):
         models.append((name, "control", spec, build()))
         say(f"{name}: done")
 
@@ -439,8 +544,12 @@ def main() -> None:
     kinds = [kind for kind, _ in evidence.sets] + list(evidence.na)
     write_csv(stem.with_suffix(".csv"), rows, owner_acc, kinds)
     load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    command = shlex.join(["python", "-m", "benchmarks.robustness", *sys.argv[1:]])
+    if args.cache is not None:
+        load += f"; cache: {cache.hits} models reused, {cache.misses} trained"
     md = render_markdown(rows, owner_acc, evidence, splits, recipe, args, load,
-                         minutes=(time.perf_counter() - started) / 60)
+                         minutes=(time.perf_counter() - started) / 60, command=command,
+                         setting=setting)
     stem.with_suffix(".md").write_text(md)
     plot(stem.with_suffix(".png"), rows, owner_acc, splits.name, recipe.arch)
     print(md)

@@ -19,7 +19,7 @@ from core.training import Recipe
 from verifier.stats import TestResult
 
 if TYPE_CHECKING:
-    from benchmarks.robustness import Evidence, Row
+    from benchmarks.robustness import Evidence, Row, Setting
 
 ALPHA = 1e-6
 BUDGET_PP = 5.0
@@ -61,7 +61,8 @@ def write_csv(path: Path, rows: list[Row], owner_acc: float, kinds: list[str]) -
 
 
 def render_markdown(rows: list[Row], owner_acc: float, evidence: Evidence, splits: Splits, recipe: Recipe,
-                    args: argparse.Namespace, load: str, minutes: float) -> str:
+                    args: argparse.Namespace, load: str, minutes: float, command: str,
+                    setting: Setting) -> str:
     """The table, its legend and a plain summary of what escaped."""
     kinds = [kind for kind, _ in evidence.sets]
     notes = []
@@ -85,8 +86,10 @@ def render_markdown(rows: list[Row], owner_acc: float, evidence: Evidence, split
         "Evidence: " + "; ".join(notes) + ". `k/n` = matches / probes; p = that test's anytime-valid "
         "p-value; ✓ = that test alone reaches alpha.",
         "",
-        f"`python -m benchmarks.robustness --data {splits.name}"
-        + ("" if args.fingerprint else " --no-fingerprint") + f"`: {minutes:.0f} min, {load}.",
+        f"`{command}`: {minutes:.0f} min, {load}. Attackers' effort: fine-tuning, retraining and "
+        f"fine-pruning {setting.tune_epochs} epochs, distillation {setting.distill_epochs}, extraction "
+        f"budgets {', '.join(f'{b:,}' for b in setting.budgets)} queries (at least "
+        f"{setting.min_extract_epochs} epochs), controls {setting.control_epochs} epochs.",
         "",
         "| model | clean acc (Δ pp) | " + " | ".join(f"{k} k/n | {k} p" for k in kinds)
         + " | p | verdict | outcome |",
