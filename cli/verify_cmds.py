@@ -114,8 +114,12 @@ def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: st
         click.echo(f"queries:   {out['queries']} probes, {out['decoys']} decoys, "
                    f"{out['requests']} requests")
         for t in out["tests"]:
+            extra = ""
+            if t.get("p_conformal") is not None:
+                extra = (f", conformal p = {t['p_conformal']:.3g} (floor "
+                         f"{t['null']['p_floor']:.3g}), parametric {t['p_parametric']:.3g}")
             click.echo(f"  {t['model']} {t['kind']}: {t['matches']}/{t['n']} matched, "
-                       f"p = {t['p_value']:.3g} ({_describe_null(t['null'])})")
+                       f"p = {t['p_value']:.3g}{extra} ({_describe_null(t['null'])})")
         click.echo(f"evidence:  {out['evidence']} (report {out['report']}, log entry {out['log_entry']})")
     sys.exit(0 if out["verdict"] == "owned" else 1)
 
@@ -304,6 +308,9 @@ def _witness_key(path: str) -> Any:
 
 def _describe_null(null: dict[str, Any]) -> str:
     """The null in words; a calibrated one with its reference count and honest floor."""
+    if null.get("family") == "conformal":
+        return (f"conformal null of {null['references']} committed reference models, "
+                f"floor p >= {null['p_floor']:.3g}")
     if null.get("family") == "beta-binomial":
         return (f"beta-binomial null from {null['references']} held-out references, "
                 f"floor p >= {null['p_floor']:.3g}")

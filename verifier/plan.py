@@ -107,7 +107,8 @@ def first_decision(
     for t, si in enumerate(order, start=1):
         positions[si].append(t)
     tests = [
-        TestInput(s.model, s.probes.kind, s.probes.null, (True,) * len(p), tuple(p), len(s.indices))
+        TestInput(s.model, s.probes.kind, s.probes.null, (True,) * len(p), tuple(p), len(s.indices),
+                  indices=tuple(s.indices[: len(p)]))
         for s, p in zip(sources, positions, strict=True)
     ]
     names = models if models is not None else [s.model for s in sources]

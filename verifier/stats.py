@@ -15,6 +15,15 @@ reference models: an independent model's match rate is ``p ~ Beta(a, b)``, so
 ``p_floor`` the calibration supports (:class:`core.probeset.BetaBinomial`).
 These are valid only when ``n`` was fixed before looking (``--fixed``).
 
+**The conformal p-value.** A fingerprint committed with a model-level null
+(:class:`core.nulls.Conformal`) also gets ``p_conformal``: the rank of the
+suspect's match count among the ``K`` committed references' counts *on the
+same probes* (``(1 + #references >= suspect) / (K + 1)``, floor ``1/(K + 1)``).
+It is the primary figure of such a test: with ``--fixed`` it is the test's
+p-value, and in a sequential run the test's and its model's p-values are
+never below it (a maximum of p-values, one of them valid, is valid). The
+beta-binomial tail beside it (``p_parametric``) is secondary.
+
 **E-processes ("owned").** The verifier may stop as soon as the evidence
 suffices, so its decision uses a likelihood-ratio test martingale. The
 alternative match rate ``q`` is mixed over :data:`ALT_MIXTURE`, half a uniform
@@ -113,7 +122,7 @@ import numpy as np
 from scipy import special
 
 from core.errors import InputError
-from core.nulls import BetaBinomial, Binomial, Null, null_from_dict
+from core.nulls import BetaBinomial, Binomial, Conformal, Null, null_from_dict
 
 __all__ = [
     "ALT_MIXTURE",
@@ -297,6 +306,9 @@ class TestInput:
     run, at which bit ``i`` arrived (this aligns the tests of a model in time).
     ``population`` is the number of the probe set's probes that were unspent
     when the plan was drawn (the futility rule needs it; ``None``: no rule).
+    ``indices[i]`` is the probe index of bit ``i`` (a conformal null scores
+    the references on exactly these probes; ``None``: unknown, and a
+    conformal test then claims nothing, ``p_conformal = 1``).
     """
 
     __test__ = False  # not a pytest class, despite its name
@@ -307,6 +319,7 @@ class TestInput:
     bits: tuple[bool, ...]
     positions: tuple[int, ...]
     population: int | None = None
+    indices: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -315,7 +328,9 @@ class TestResult:
 
     ``log_f_max`` is the running maximum of its futility process (``None``: no
     futility rule); ``ruled_out_at`` the answered probe (run-wide position) at
-    which it first reached ``1 / error``.
+    which it first reached ``1 / error``. ``p_conformal`` is the conformal
+    p-value of a test with a :class:`~core.nulls.Conformal` null (``None``
+    otherwise) and ``p_parametric`` its beta-binomial tail beside it.
     """
 
     __test__ = False  # not a pytest class, despite its name
@@ -330,10 +345,12 @@ class TestResult:
     p_fixed: float | None
     log_f_max: float | None = None
     ruled_out_at: int | None = None
+    p_conformal: float | None = None
+    p_parametric: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (also what ``wm verify --json`` lists under ``tests``)."""
-        return {
+        out = {
             "model": self.model,
             "kind": self.kind,
             "null": self.null.to_dict(),
@@ -347,6 +364,10 @@ class TestResult:
             "log10_f_max": None if self.log_f_max is None else self.log_f_max / _LN10,
             "ruled_out_at": self.ruled_out_at,
         }
+        if self.p_conformal is not None:  # only then, so bundles of other nulls keep their form
+            out["p_conformal"] = self.p_conformal
+            out["p_parametric"] = self.p_parametric
+        return out
 
 
 @dataclass(frozen=True)
@@ -431,6 +452,15 @@ def _test_result(
     p_any = min(1.0, math.exp(-log_e_max))
     if isinstance(t.null, BetaBinomial):
         p_any = max(p_any, t.null.p_floor)
+    p_conf = p_param = None
+    p_fixed = fixed_p_value(t.null, k, n) if mode == "fixed" else None
+    if isinstance(t.null, Conformal):
+        # Fail closed: without the probe indices the references cannot be scored alike.
+        p_conf = 1.0 if t.indices is None else t.null.p_value(t.indices, t.bits)
+        p_param = fixed_p_value(t.null, k, n)
+        p_any = max(p_any, p_conf)
+        if p_fixed is not None:
+            p_fixed = p_conf
     log_f_max = ruled_out_at = None
     if futility is not None:
         fut = log_futility_trajectory(t.null, t.bits, t.population, futility.share)
@@ -443,8 +473,8 @@ def _test_result(
     return TestResult(
         model=t.model, kind=t.kind, null=t.null, n=n, matches=k,
         log_e=traj[-1] if traj else 0.0, log_e_max=log_e_max, p_anytime=p_any,
-        p_fixed=fixed_p_value(t.null, k, n) if mode == "fixed" else None,
-        log_f_max=log_f_max, ruled_out_at=ruled_out_at,
+        p_fixed=p_fixed, log_f_max=log_f_max, ruled_out_at=ruled_out_at,
+        p_conformal=p_conf, p_parametric=p_param,
     )
 
 
@@ -526,7 +556,9 @@ def compute_statistics(
         log_e_max = max([0.0, *(v for _, v in combined)])
         if mode == "sequential":
             p_model = min(1.0, math.exp(-log_e_max))
-            floors = [nl.p_floor for i in idx if isinstance(nl := tests[i].null, BetaBinomial)]
+            # Calibrated tests only: never below their floors, nor below a conformal p-value.
+            floors = [max(nl.p_floor, results[i].p_conformal or 0.0) for i in idx
+                      if isinstance(nl := tests[i].null, BetaBinomial)]
             if floors and len(floors) == len(idx):
                 p_model = max(p_model, min(floors))
         else:

@@ -164,6 +164,7 @@ def tests_from_records(
     """
     bits: list[list[bool]] = [[] for _ in sources]
     positions: list[list[int]] = [[] for _ in sources]
+    indices: list[list[int]] = [[] for _ in sources]
     t = 0
     for rec in records:
         if rec.get("type") != "query":
@@ -174,6 +175,7 @@ def tests_from_records(
             t += 1
             bits[src].append(int(label) == labels_of(src, idx))
             positions[src].append(t)
+            indices[src].append(int(idx))
     return [
         TestInput(
             model=str(s["model"]),
@@ -182,8 +184,9 @@ def tests_from_records(
             bits=tuple(b),
             positions=tuple(p),
             population=_population(s.get("unspent")),
+            indices=tuple(ix),
         )
-        for s, b, p in zip(sources, bits, positions, strict=True)
+        for s, b, p, ix in zip(sources, bits, positions, indices, strict=True)
     ]
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from core.canonical import b64e
 from core.derive import expected_input, expected_label
 from core.errors import InputError, IntegrityError
-from core.nulls import require_exact_null
+from core.nulls import BetaBinomial, Conformal, require_exact_null
 from registry import dsse
 from registry.keys import key_id_of
 from registry.proofs import ProofCheck, check_proof_bundle
@@ -208,13 +208,20 @@ def _nulls(st: CheckState) -> str:
             raise CheckFailed(f"test {i}: {exc}") from exc
         if t.kind not in ("watermark", "guard", "fingerprint"):
             raise CheckFailed(f"test {i}: unknown kind {t.kind!r}")
+        # Fail closed: N references vouch for no tail below 1/(N + 1), whatever the set claims.
+        if isinstance(t.null, BetaBinomial) and t.null.p_floor < 1.0 / (t.null.references + 1) * (1 - 1e-12):
+            raise CheckFailed(f"test {i}: its null claims a floor of {t.null.p_floor:.3g}, below "
+                              f"1/(K+1) for its {t.null.references} references")
         kinds.append(t.kind)
     calibrated = [i for i, k in enumerate(kinds) if k == "fingerprint"]
+    conformal = [i for i in calibrated if isinstance(st.c.tests[i].null, Conformal)]
     if calibrated:
         st.trusted.append(f"the calibrated nulls of sets {calibrated}, as committed with them "
                           "(worth what their commitment's time is worth)")
     return ("key-random sets use p0 = 1/C exactly"
-            + (f"; sets {calibrated} carry the calibrated null they committed" if calibrated else ""))
+            + (f"; sets {calibrated} carry the calibrated null they committed" if calibrated else "")
+            + (f"; sets {conformal} commit their references' matches (conformal p recomputed, "
+               "floor 1/(K+1))" if conformal else ""))
 
 
 def _derivation(st: CheckState) -> str:
