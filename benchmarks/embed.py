@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,7 +126,8 @@ def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str]) -> d
     return rows
 
 
-def render(rows: dict[str, Figures], splits: Splits, recipe: Recipe, seeds: int, load: str) -> str:
+def render(rows: dict[str, Figures], splits: Splits, recipe: Recipe, seeds: int, load: str,
+           command: str) -> str:
     """The markdown table."""
     lines = [
         f"Embedding cost on {splits.name} ({len(splits.train)} training images), `{recipe.arch}`, "
@@ -132,7 +135,7 @@ def render(rows: dict[str, Figures], splits: Splits, recipe: Recipe, seeds: int,
         f"mean of {seeds} seed(s); clean and marked "
         f"models advance one epoch each in turn (alternating which goes first) after an untimed "
         f"warm-up; times summed over epochs, on one thread "
-        f"(`python -m benchmarks.embed --data {splits.name}`; {platform.machine()}, "
+        f"(`{command}`; {platform.machine()}, "
         f"torch {torch.__version__}; load average {load}).",
         "",
         "| scheme | clean acc (clean model) | clean acc (marked) | drop (pp) | wm acc (marked) "
@@ -172,7 +175,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows = measure(splits, recipe, args.seeds, schemes)
     load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-    text = render(rows, splits, recipe, args.seeds, load)
+    command = shlex.join(["python", "-m", "benchmarks.embed", *sys.argv[1:]])
+    text = render(rows, splits, recipe, args.seeds, load, command)
     out = Path(args.out or f"benchmarks/results/embed-{splits.name}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
