@@ -34,7 +34,7 @@ from watermark.secret import secret_path
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help=f"Default: the data's recipe (fashion-mnist: {FASHION_MNIST_RECIPE.batch_size}, else 64).")
 @click.option("--watermark", "scheme_spec", default="trigger-set", show_default=True,
-              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin) or 'none'.")
+              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite) or 'none'.")
 @click.option("--per-batch", default=6, show_default=True, type=click.IntRange(min=1),
               help="Watermark probes mixed into each batch.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),

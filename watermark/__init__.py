@@ -2,7 +2,7 @@
 
 Public surface: :class:`WatermarkKey`, the schemes (:class:`TriggerSet`,
 :class:`ContentMark`, :class:`NoiseMark`, :class:`UnrelatedMark`,
-:class:`MarginMark`, :func:`parse_scheme`), and the :class:`WatermarkHook`
+:class:`MarginMark`, :class:`CompositeMark`, :func:`parse_scheme`), and the :class:`WatermarkHook`
 that mixes a scheme's probes into any PyTorch training loop
 (``scheme.hook(...)`` gives the one a scheme trains with). Each scheme yields a
 :class:`core.probeset.ProbeSet` with the exact ``Binomial(1/C)`` null.
@@ -11,6 +11,7 @@ that mixes a scheme's probes into any PyTorch training loop
 from watermark.hook import WatermarkHook
 from watermark.keys import WatermarkKey
 from watermark.schemes import (
+    CompositeMark,
     ContentMark,
     MarginMark,
     NoiseMark,
@@ -22,6 +23,7 @@ from watermark.schemes import (
 from watermark.secret import WatermarkSecret, read_secret, write_secret
 
 __all__ = [
+    "CompositeMark",
     "ContentMark",
     "MarginMark",
     "NoiseMark",

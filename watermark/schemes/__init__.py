@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from core.errors import InputError
 from watermark.schemes.base import Scheme
+from watermark.schemes.composite import CompositeHook, CompositeMark
 from watermark.schemes.content import ContentMark
 from watermark.schemes.margin import MarginHook, MarginMark
 from watermark.schemes.noise import NoiseMark
@@ -16,6 +17,8 @@ from watermark.schemes.unrelated import UnrelatedMark
 
 __all__ = [
     "SCHEMES",
+    "CompositeHook",
+    "CompositeMark",
     "ContentMark",
     "MarginHook",
     "MarginMark",
@@ -32,6 +35,7 @@ SCHEMES: dict[str, type[Scheme]] = {
     "noise": NoiseMark,
     "unrelated": UnrelatedMark,
     "margin": MarginMark,
+    "composite": CompositeMark,
 }
 
 _PARAM_TYPES: dict[str, type] = {"n": int, "size": int, "amplitude": float, "pattern": str,
