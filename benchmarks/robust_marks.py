@@ -21,6 +21,7 @@ everything that shapes them), so a rerun only re-judges.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import os
@@ -33,7 +34,7 @@ from torch import nn
 
 from attacks import Distill, Extract, FinePrune, Retrain, query_inputs, query_model
 from benchmarks.robustness import ALPHA, QUERY_SEED, Evidence
-from core.arch import build_model
+from core.arch import build_model, resolve_arch
 from core.data import Splits, load_data
 from core.training import accuracy, default_recipe, train_classifier, train_new
 from watermark import WatermarkKey, parse_scheme
@@ -63,6 +64,7 @@ def cached(cache: Path, name: str, build: Callable[[], nn.Module], like: Callabl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--arch", default=None, help="the owner's architecture (default: the data's recipe)")
     ap.add_argument("--epochs", type=int, default=5, help="owner epochs (the recipe's schedule)")
     ap.add_argument("--attack-epochs", type=int, default=5,
                     help="epochs of distillation, label extraction, fine-pruning (RTAL: 1.5x)")
@@ -78,6 +80,8 @@ def main() -> None:
 
     splits: Splits = load_data(args.data)
     recipe = default_recipe(splits)
+    if args.arch is not None:
+        recipe = dataclasses.replace(recipe, arch=resolve_arch(args.arch).name)
     pool, ref = splits.attacker_pool, splits.reference
     assert pool is not None
     k, e, ae = splits.num_classes, args.epochs, args.attack_epochs
@@ -182,8 +186,9 @@ def main() -> None:
             say(f"{scheme.name}: {name}: match {match:.2f}, p {st.p_value:.1e}, {st.verdict}")
         lines.append("")
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
-              f"--epochs {e} --attack-epochs {ae} --schemes {args.schemes}`; 2 shared cores, one torch "
-              f"thread, load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+              f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes}`; "
+              "2 shared cores, one torch thread, "
+              f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
               f"{(time.perf_counter() - started) / 60:.0f} min wall (models cached: a rerun only re-judges).",
               ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
