@@ -15,7 +15,14 @@ from core.data import load_data
 from core.errors import InputError
 from core.modelio import save_model
 from core.training import FASHION_MNIST_RECIPE, accuracy, default_recipe, train_classifier
-from watermark import WatermarkKey, WatermarkSecret, parse_scheme, write_secret
+from watermark import (
+    DEFAULT_WATERMARK,
+    WatermarkKey,
+    WatermarkSecret,
+    default_per_batch,
+    parse_scheme,
+    write_secret,
+)
 from watermark.secret import secret_path
 
 
@@ -33,17 +40,18 @@ from watermark.secret import secret_path
               help="Seeds initialisation and shuffling (not the watermark key).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help=f"Default: the data's recipe (fashion-mnist: {FASHION_MNIST_RECIPE.batch_size}, else 64).")
-@click.option("--watermark", "scheme_spec", default="trigger-set", show_default=True,
+@click.option("--watermark", "scheme_spec", default=DEFAULT_WATERMARK, show_default=True,
               help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite) or 'none'.")
-@click.option("--per-batch", default=6, show_default=True, type=click.IntRange(min=1),
-              help="Watermark probes mixed into each batch.")
+@click.option("--per-batch", default=None, type=click.IntRange(min=1),
+              help="Watermark probes mixed into each batch. Default: 6 per 100 probes, at least 6 "
+              f"({default_per_batch(parse_scheme(DEFAULT_WATERMARK).n)} for the default watermark).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the model (.pt2); the watermark secret goes beside it.")
 @click.option("--register", "register_name", default=None, metavar="NAME",
               help="Also register the model and its watermark under NAME (as `wm register`).")
 @click.pass_obj
 def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None, seed: int,
-              batch_size: int | None, scheme_spec: str, per_batch: int, out: str,
+              batch_size: int | None, scheme_spec: str, per_batch: int | None, out: str,
               register_name: str | None) -> None:
     """Train a model, with a key-derived watermark mixed into its batches.
 
@@ -86,7 +94,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                                data=splits.train, input_range=splits.input_range)
         secret = WatermarkSecret(key=key, probes=probes)
-        hook = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=per_batch)
+        hook = scheme.hook(probes, key=key, model=model, data=splits.train,
+                           per_batch=per_batch or default_per_batch(len(probes)))
     cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,

@@ -15,7 +15,7 @@ sequential plan (:meth:`QueryPlan.for_session`) therefore puts in its first
 group exactly the probes a perfect copy needs to reach alpha
 (:func:`first_decision`: 7 with 10 classes at ``1e-6``, 10 at ``1e-9``), and
 after that groups of :data:`FOLLOW_UP_PROBES`, so that an innocent suspect,
-which the futility rule of :mod:`verifier.stats` rules out after about 10 to 20
+which the futility rule of :mod:`verifier.futility` rules out after about 10 to 20
 probes, is not sent a large batch it does not need. The session that sends a
 plan is :mod:`verifier.session`.
 """

@@ -8,7 +8,7 @@ and fsynced). After every answered batch the anytime-valid statistics
 (:mod:`verifier.stats`) are updated in plan order (corrected, when the session
 knows it, for every probe set the owner committed: :mod:`verifier.selection`);
 in sequential mode the session stops once they reach ``alpha`` or rule
-every model out (:class:`~verifier.stats.Futility`), and never sends a batch
+every model out (:class:`~verifier.futility.Futility`), and never sends a batch
 while the batches in flight could already decide either way (a batch sent then
 might be spent for nothing).
 :meth:`VerificationSession.resume` reads a transcript back, refuses one whose

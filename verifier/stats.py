@@ -24,69 +24,13 @@ p-value, and in a sequential run the test's and its model's p-values are
 never below it (a maximum of p-values, one of them valid, is valid). The
 beta-binomial tail beside it (``p_parametric``) is secondary.
 
-**E-processes ("owned").** The verifier may stop as soon as the evidence
-suffices, so its decision uses a likelihood-ratio test martingale. The
-alternative match rate ``q`` is mixed over :data:`ALT_MIXTURE`, half a uniform
-``Beta(1, 1)`` (any rate, the weakly marked thief included) and half
-``Beta(10, 1)`` (prior mean 0.91: a copy that kept its marks),
+**E-processes ("owned")**: the verifier may stop as soon as the evidence
+suffices, so its decision uses the anytime-valid likelihood-ratio e-processes of
+:mod:`verifier.eprocess` (re-exported here); ``p = min(1, 1 / max_t E_t)``.
 
-    E_n = sum_j w_j [B(a_j + k, b_j + n - k) / B(a_j, b_j)] / P0(x_1..x_n)
-
-where ``P0`` is the null probability of the observed sequence:
-``p0^k (1 - p0)^(n - k)`` for the binomial null, ``B(a + k, b + n - k) / B(a, b)``
-(the Bayesian predictive of the calibrated null) for the beta-binomial one. A
-ratio of a mixture of sequential likelihoods to the null likelihood is a
-nonnegative martingale with ``E_0 = 1`` under that null (Wald 1947; Robbins
-1970 for mixtures; Shafer & Vovk 2019, *Game-Theoretic Foundations for
-Probability and Finance*; Ramdas, Grünwald, Vovk & Shafer 2023, "Game-theoretic
-statistics and safe anytime-valid inference", Statistical Science 38(4)).
-Ville's inequality (Ville 1939) gives ``P0(sup_n E_n >= 1/alpha) <= alpha``, so
-``p = min(1, 1 / max_{t<=n} E_t)`` is an anytime-valid p-value: the verifier may
-look after every answer and stop whenever it likes. For a calibrated null the
-process is capped at ``1 / p_floor`` (the minimum of a supermartingale and a
-constant is a supermartingale), so no claim exceeds what the references support.
-
-Why the second component: a perfect match on ``n`` probes can give at most
-``p0^-n`` (with 10 classes, ``10^9`` needs 9 probes, and then only with all the
-weight on ``q = 1``). ``Beta(1, 1)`` alone gives ``p0^-n / (n + 1)``: 11 probes
-to ``1e-9``. The mixture gives ``p0^-n (1/(2(n + 1)) + 5/(n + 10))``: 10 probes
-(7 to ``1e-6``, the limit being 6), and costs a weakly marked suspect at most a
-factor 2 (``ln 2`` nats, less than one more matching probe at any rate above
-``2 p0``; 0.69 nats measured at 30/100).
-
-**Early "not owned" (futility).** Innocent suspects are the common case, and
-each answered probe is spent for good, so the verifier also tests, for every
-key-random test (binomial null) with a known population, the hypothesis
-H_q: "the suspect is derived: it matches at least a share ``q`` of the ``N``
-probes that were unspent when the plan was drawn". The plan sends a uniformly
-random ordering of a random subset of them, so under H_q with ``K >= ceil(qN)``
-matches in the population the ``t``-th probe matches with conditional
-probability ``(K - k_{t-1}) / (N - t + 1) >= q_t = (ceil(qN) - k_{t-1}) /
-(N - t + 1)`` (sampling without replacement; Waudby-Smith & Ramdas 2020,
-"Confidence sequences for sampling without replacement", NeurIPS). Betting each
-probe on the innocent's exact rate ``p0`` against ``q_t``,
-
-    F_t = prod_{i<=t} (p0 / q_i)^{x_i} ((1 - p0) / (1 - q_i))^{1 - x_i}    (no bet while q_i <= p0)
-
-is a nonnegative supermartingale under every element of H_q, so by Ville
-``P(sup_t F_t >= 1/beta) <= beta``: a derived suspect keeping a share ``>= q``
-is ruled out with probability at most ``beta`` (:class:`Futility`, defaults
-``q = 0.45``, ``beta = 0.01``). This holds for a suspect whose answers are a
-fixed function of the input, as a served model's are; a suspect that evades on
-purpose can evade the full budget too. A model is ruled out when every one of
-its tests is (an intersection-union test: no multiplicity correction, no
-independence needed); a test without a futility rule (a calibrated null, or an
-unknown population) never rules its model out; the verdict is ``not_owned``
-early when every named model is ruled out.
-
-The trade-off, measured by simulation (``N = 300``, budget 100, alpha ``1e-6``,
-first decision after 7 probes, then every 4): an innocent suspect costs 17.5
-probes on average instead of the whole budget; a thief keeping 38% of the
-marks is still found ``owned`` 94% of the time (97.6% without the rule), one
-keeping 30% 45% of the time (49%); below about 23% the budget finds no thief
-either way, and the rule now says so in ~40 probes instead of 100. A larger
-``q`` or ``beta`` makes innocents cheaper and weak thieves likelier to escape
-(``q = 0.5``: 13 probes, 89% at 38%).
+**Early "not owned" (futility)** is a second anytime test, against "the suspect
+is derived", in :mod:`verifier.futility` (:class:`Futility`, re-exported here);
+a model is ruled out when every one of its tests is.
 
 **Combination.** The tests of one model (watermark, fingerprint, ...) share
 the plan's filtration; their e-processes are averaged, and an average of
@@ -118,11 +62,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-from scipy import special
-
 from core.errors import InputError
-from core.nulls import BetaBinomial, Binomial, Conformal, Null, null_from_dict
+from core.nulls import BetaBinomial, Conformal, Null, null_from_dict
+from verifier.eprocess import ALT_MIXTURE, log_e_trajectory, log_e_value, probes_to_reach
+from verifier.futility import Futility, log_futility_trajectory
 
 __all__ = [
     "ALT_MIXTURE",
@@ -145,139 +88,12 @@ __all__ = [
 
 Verdict = Literal["owned", "not_owned", "inconclusive"]
 Mode = Literal["sequential", "fixed"]
-# (weight, a, b): the alternative match rate is mixed over these Beta(a, b) priors.
-ALT_MIXTURE: tuple[tuple[float, float, float], ...] = ((0.5, 1.0, 1.0), (0.5, 10.0, 1.0))
 _LN10 = math.log(10.0)
-_Q_MAX = 1.0 - 1e-9  # a null forcing every remaining probe to match is bet against at this rate
-
-
-def _log_alt(k: Any, n: Any) -> Any:
-    """``log`` of the mixture likelihood of ``k`` matches in ``n`` (scalars or arrays)."""
-    parts = [
-        math.log(w) + special.betaln(a + k, b + n - k) - special.betaln(a, b) for w, a, b in ALT_MIXTURE
-    ]
-    return special.logsumexp(np.stack(np.broadcast_arrays(*parts)), axis=0)
-
-
-def _log_null(null: Null, k: Any, n: Any) -> Any:
-    if isinstance(null, Binomial):
-        return k * math.log(null.p0) + (n - k) * math.log1p(-null.p0)
-    return special.betaln(null.a + k, null.b + n - k) - special.betaln(null.a, null.b)
-
-
-def _log_cap(null: Null) -> float:
-    return -math.log(null.p_floor) if isinstance(null, BetaBinomial) else math.inf
-
-
-def log_e_value(null: Null, matches: int, n: int) -> float:
-    """Natural log of the e-process after ``n`` probes with ``matches`` matches.
-
-    The mixture likelihood ratio depends on the sequence only through its
-    counts; for a calibrated null it is capped at ``1 / p_floor``.
-    """
-    if not 0 <= matches <= n:
-        raise InputError(f"matches must lie in [0, {n}], got {matches}")
-    return min(float(_log_alt(matches, n) - _log_null(null, matches, n)), _log_cap(null))
-
-
-def log_e_trajectory(null: Null, bits: Sequence[bool]) -> list[float]:
-    """``log E_t`` after each of the match bits, in order (``t = 1..n``); same as :func:`log_e_value`."""
-    if not bits:
-        return []
-    k = np.cumsum(np.asarray(bits, dtype=np.int64))
-    t = np.arange(1, len(k) + 1)
-    out: list[float] = np.minimum(_log_alt(k, t) - _log_null(null, k, t), _log_cap(null)).tolist()
-    return out
-
-
-@dataclass(frozen=True)
-class Futility:
-    """The early "not owned" rule: rule out "derived, matching a share >= ``share``" at error ``error``.
-
-    Attributes:
-        share: ``q``, the smallest share of the unspent probes a derived suspect
-            is assumed to match.
-        error: ``beta``, the most probability with which such a suspect is ruled out.
-    """
-
-    share: float = 0.45
-    error: float = 0.01
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.share < 1.0:
-            raise InputError(f"futility share must lie in (0, 1), got {self.share}")
-        if not 0.0 < self.error < 1.0:
-            raise InputError(f"futility error must lie in (0, 1), got {self.error}")
-
-    @property
-    def log_threshold(self) -> float:
-        """``log(1 / error)``: a futility process at or above it rules its test out."""
-        return -math.log(self.error)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"share": self.share, "error": self.error}
-
-    @classmethod
-    def from_dict(cls, d: Any) -> Futility | None:
-        """Inverse of :meth:`to_dict` (``None`` stays ``None``).
-
-        Raises:
-            InputError: not an object with numeric ``share`` and ``error`` in (0, 1).
-        """
-        if d is None:
-            return None
-        try:
-            return cls(share=float(d["share"]), error=float(d["error"]))
-        except (TypeError, KeyError, ValueError) as exc:
-            raise InputError(f"malformed futility rule: {exc}") from exc
-
-
-def log_futility_trajectory(
-    null: Null, bits: Sequence[bool], population: int | None, share: float
-) -> list[float] | None:
-    """``log F_t`` after each match bit: the evidence against "derived, share >= ``share``".
-
-    Sampling without replacement from ``population`` probes (see the module
-    docstring); ``None`` when the test has no futility rule (a calibrated
-    null, or an unknown population).
-
-    Raises:
-        InputError: more bits than the population holds.
-    """
-    if not isinstance(null, Binomial) or population is None:
-        return None
-    n = len(bits)
-    if population < n:
-        raise InputError(f"{n} answered probes from a population of {population}")
-    if n == 0:
-        return []
-    x = np.asarray(bits, dtype=bool)
-    before = np.concatenate([[0], np.cumsum(x)[:-1]])  # k_{t-1}
-    remaining = population - np.arange(n)  # N - t + 1
-    need = math.ceil(share * population - 1e-9)
-    q = np.clip((need - before) / remaining, 0.0, _Q_MAX)
-    p0 = null.p0
-    bet = q > p0
-    qb = np.where(bet, q, 0.5)  # placeholder where no bet is made (factor 1)
-    step = np.where(x, math.log(p0) - np.log(qb), math.log1p(-p0) - np.log1p(-qb))
-    out: list[float] = np.cumsum(np.where(bet, step, 0.0)).tolist()
-    return out
 
 
 def fixed_p_value(null: Null, matches: int, n: int) -> float:
     """The fixed-n tail ``P(X >= matches)``; valid only when ``n`` was fixed in advance."""
     return 1.0 if n == 0 else null.tail(matches, n)
-
-
-def probes_to_reach(null: Null, target_log_e: float, limit: int = 100_000) -> int | None:
-    """Fewest probes after which a perfect match reaches ``log E >= target``; None if never."""
-    for n in range(1, limit + 1):
-        if log_e_value(null, n, n) >= target_log_e:
-            return n
-        if isinstance(null, BetaBinomial) and log_e_value(null, n, n) >= _log_cap(null):
-            return None
-    return None
 
 
 def bonferroni(p_values: Sequence[float]) -> list[float]:

@@ -11,6 +11,7 @@ that mixes a scheme's probes into any PyTorch training loop
 from watermark.hook import WatermarkHook
 from watermark.keys import WatermarkKey
 from watermark.schemes import (
+    DEFAULT_WATERMARK,
     CompositeMark,
     ContentMark,
     MarginMark,
@@ -18,11 +19,13 @@ from watermark.schemes import (
     Scheme,
     TriggerSet,
     UnrelatedMark,
+    default_per_batch,
     parse_scheme,
 )
 from watermark.secret import WatermarkSecret, read_secret, write_secret
 
 __all__ = [
+    "DEFAULT_WATERMARK",
     "CompositeMark",
     "ContentMark",
     "MarginMark",
@@ -33,6 +36,7 @@ __all__ = [
     "WatermarkHook",
     "WatermarkKey",
     "WatermarkSecret",
+    "default_per_batch",
     "parse_scheme",
     "read_secret",
     "write_secret",

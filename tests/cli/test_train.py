@@ -33,7 +33,7 @@ def test_train_writes_model_and_secret(tmp_path: Path) -> None:
     code, stdout, _ = run("train", "--epochs", "30", "--out", str(out), home=tmp_path)
     assert code == 0, stdout
     # the key is fresh on every run, so the exact recall varies a little
-    printed = float(re.search(r"watermark accuracy: ([0-9.]+) on 100 probes", stdout).group(1))  # type: ignore[union-attr]
+    printed = float(re.search(r"watermark accuracy: ([0-9.]+) on 300 probes", stdout).group(1))  # type: ignore[union-attr]
     assert "clean accuracy:" in stdout and printed >= 0.95
     model = load_model(out)
     secret = read_secret(secret_path(out))

@@ -60,7 +60,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         torch.set_num_threads(threads)
     out = tmp_path_factory.mktemp("mlserver-models")
     paths = {name: save_model(m, out / f"{name}.pt2", input_shape=splits.input_shape, num_classes=10,
-                              arch="cnn", data="digits") for name, m in (("owner", owner), ("independent", independent))}
+                              arch="cnn", data="digits")
+             for name, m in (("owner", owner), ("independent", independent))}
     write_secret(out / "owner.pt2.wmkey", WatermarkSecret(key=OWNER_KEY, probes=probes))
     return paths
 

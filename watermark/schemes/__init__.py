@@ -2,9 +2,20 @@
 
 ``parse_scheme("trigger-set:n=100,pattern=noise")`` (the CLI's ``SCHEME[:k=v,...]``
 form) and the canonical ``trigger-set:n=100:pattern=noise`` both work.
+
+:data:`DEFAULT_WATERMARK` is what ``wm train`` embeds unless told otherwise:
+300 key-derived triggers, so that one committed set checks many suspects.
+Every probe sent to a suspect is spent for good; an owned copy costs about 10
+of them at 1e-9 and an innocent one about 16 (the futility rule of
+:mod:`verifier.futility`), so 100 probes checked one innocent model and 300
+check ten innocent and three derived ones (``benchmarks/verifier.py``).
+:func:`default_per_batch` keeps each probe seen as often per epoch as the
+old 100-probe default at 6 per batch did.
 """
 
 from __future__ import annotations
+
+import math
 
 from core.errors import InputError
 from watermark.schemes.base import Scheme
@@ -16,6 +27,7 @@ from watermark.schemes.trigger_set import TriggerSet
 from watermark.schemes.unrelated import UnrelatedMark
 
 __all__ = [
+    "DEFAULT_WATERMARK",
     "SCHEMES",
     "CompositeHook",
     "CompositeMark",
@@ -26,8 +38,12 @@ __all__ = [
     "Scheme",
     "TriggerSet",
     "UnrelatedMark",
+    "default_per_batch",
     "parse_scheme",
 ]
+
+DEFAULT_WATERMARK = "trigger-set:n=300"
+"""The scheme ``wm train`` embeds by default (see the module docstring)."""
 
 SCHEMES: dict[str, type[Scheme]] = {
     "trigger-set": TriggerSet,
@@ -68,3 +84,13 @@ def parse_scheme(spec: str) -> Scheme:
         return SCHEMES[family](**kwargs)  # type: ignore[arg-type]
     except TypeError:
         raise InputError(f"{family}: unsupported parameter(s) {', '.join(kwargs)}") from None
+
+
+def default_per_batch(n: int) -> int:
+    """Probes mixed into each training batch for a set of ``n``: 6 per 100 probes, at least 6.
+
+    6 per batch embeds 100 triggers to 100% in 30 epochs of 64 on ``digits``
+    (``benchmarks/embed.py``); scaling with ``n`` keeps the times each probe
+    is seen per epoch the same for a larger set.
+    """
+    return max(6, math.ceil(6 * n / 100))
