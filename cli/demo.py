@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -47,10 +47,7 @@ class DemoError(WmError):
     """A step of the demo failed."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_LISTENING = re.compile(rb" at (http://127\.0\.0\.1:\d+)")
 
 
 class Runner:
@@ -80,22 +77,33 @@ class Runner:
             raise DemoError(f"`wm {args[0]}` failed: {last}")
         return proc
 
-    def start(self, name: str, *args: str, ready_url: str) -> None:
-        """Start ``wm ARGS`` in the background and wait until ``ready_url`` answers."""
+    def start(self, name: str, *args: str, ready_path: str) -> str:
+        """Start ``wm ARGS --port 0`` in the background; its base URL once ``ready_path`` answers.
+
+        The server binds a port of its own choosing and prints its URL (no port is
+        picked here and bound again, which another process could take in between).
+        """
+        args = (*args, "--host", "127.0.0.1", "--port", "0")
         click.echo(f"   $ wm {shlex.join(args)} &")
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        path = self.logs / f"{name}.log"
+        log = open(path, "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(self._argv(list(args)), env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT)
         self.background.append(proc)
         deadline = time.monotonic() + STARTUP_S
+        base = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise DemoError(f"`wm {args[0]}` exited early; see {self.logs / (name + '.log')}")
-            try:
-                if httpx.get(ready_url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+                raise DemoError(f"`wm {args[0]}` exited early; see {path}")
+            if base is None:
+                found = _LISTENING.search(path.read_bytes())
+                base = found.group(1).decode() if found else None
+            if base is not None:
+                try:
+                    if httpx.get(base + ready_path, timeout=1.0).status_code == 200:
+                        return base
+                except httpx.TransportError:
+                    pass
             time.sleep(0.2)
         raise DemoError(f"`wm {args[0]}` did not come up within {STARTUP_S} s")
 
@@ -183,14 +191,12 @@ def demo_cmd(ctx: Context, out: str) -> None:
             runner.run("fingerprint", MODEL, "--data", "digits", "--model", str(owner_pt2))
         else:
             click.echo("3. (fingerprints are not available in this build; skipped)")
-        owner_port, guard_port = _free_port(), _free_port()
-        owner_url = f"http://127.0.0.1:{owner_port}/v2/models/{MODEL}"
-        guard_url = f"http://127.0.0.1:{guard_port}/v2/models/{MODEL}"
         click.echo(f"4. serves it, with wm guard in front (rate {GUARD_RATE:g})")
-        runner.start("serve-owner", "serve", str(owner_pt2), "--port", str(owner_port),
-                     "--name", MODEL, ready_url=owner_url)
-        runner.start("guard", "guard", "--upstream", f"{owner_url}/infer", "--model", MODEL,
-                     "--rate", str(GUARD_RATE), "--port", str(guard_port), ready_url=guard_url)
+        model_path = f"/v2/models/{MODEL}"
+        owner_url = runner.start("serve-owner", "serve", str(owner_pt2), "--name", MODEL,
+                                 ready_path=model_path) + model_path
+        guard_url = runner.start("guard", "guard", "--upstream", f"{owner_url}/infer", "--model", MODEL,
+                                 "--rate", str(GUARD_RATE), ready_path=model_path) + model_path
 
         click.echo("5. three suspects appear")
         stolen = attacks.Prune(0.5)(
@@ -218,10 +224,9 @@ def demo_cmd(ctx: Context, out: str) -> None:
         click.echo("7. verifies each suspect over HTTP and checks each evidence bundle offline")
         rows = []
         for name in suspects:
-            port = _free_port()
-            url = f"http://127.0.0.1:{port}/v2/models/{name}"
-            runner.start(f"serve-{name}", "serve", str(out_dir / f"suspect-{name}.pt2"),
-                         "--port", str(port), "--name", name, ready_url=url)
+            path = f"/v2/models/{name}"
+            url = runner.start(f"serve-{name}", "serve", str(out_dir / f"suspect-{name}.pt2"),
+                               "--name", name, ready_path=path) + path
             bundle = out_dir / f"evidence-{name}.json"
             proc = runner.run("verify", "--suspect", f"{url}/infer", "--model", MODEL, "--json",
                               "--evidence", str(bundle), ok_codes=(0, 1))

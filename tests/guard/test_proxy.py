@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -168,8 +169,11 @@ def test_other_requests_are_answered_as_the_upstream_would_and_not_recorded(owne
 
 
 def test_upstream_down_gives_502_with_a_clear_error(owner: Owner) -> None:
-    with running_server(Starlette()) as dead:
-        url = dead.url
+    # A port bound but never listened on refuses connections, and stays ours for the
+    # whole test (a closed server's port could be taken by another test meanwhile).
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{dead.getsockname()[1]}"
     service = GuardService.open(owner.home, owner.registry_url, owner.key, GuardOptions(
         upstream=f"{url}/v2/models/{UPSTREAM_NAME}/infer", model=MODEL, rate=1.0, timeout=2.0)).start()
     try:
@@ -180,6 +184,7 @@ def test_upstream_down_gives_502_with_a_clear_error(owner: Owner) -> None:
                                      "(cannot connect (ConnectionRefusedError))"}
     finally:
         service.close()
+        dead.close()
     assert _records(owner) == []
 
 
