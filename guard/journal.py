@@ -31,6 +31,7 @@ from typing import Any
 
 from core.canonical import b64d, b64e
 from core.errors import InputError, IntegrityError, WmError
+from core.files import write_atomic
 from registry.keys import OwnerKey
 
 __all__ = [
@@ -179,19 +180,7 @@ class Journal:
                   "next_seq": next_seq}
         body = json.dumps(header, sort_keys=True) + "\n"
         body += "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in records)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, body.encode(), mode=0o600)
 
     def append(self, pending: Sequence[dict[str, Any]]) -> list[GuardRecord]:
         """Number, write and fsync records (each without ``seq``); returns them numbered.

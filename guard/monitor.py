@@ -22,7 +22,6 @@ snapshot that ``wm guard report`` reads.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import warnings
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from core.files import write_atomic
 
 __all__ = ["ClientReport", "ExtractionMonitor", "PradaState", "read_snapshot"]
 
@@ -203,9 +204,7 @@ class ExtractionMonitor:
             return
         doc = {"type": _SNAPSHOT_TYPE, "delta": self.delta, "dropped": self.dropped,
                "clients": [asdict(r) for r in self.reports()]}
-        tmp = self.snapshot_path.with_name(f".{self.snapshot_path.name}.tmp")
-        tmp.write_text(json.dumps(doc, sort_keys=True))
-        os.replace(tmp, self.snapshot_path)
+        write_atomic(self.snapshot_path, json.dumps(doc, sort_keys=True).encode())
 
     def start(self) -> ExtractionMonitor:
         """Start the background thread."""
