@@ -60,16 +60,19 @@ def _set_torch_threads() -> None:
     machine, and does not collapse when the cores are shared with other work
     (measured once on a busy two-core machine: `wm train` 5 s against 79 s).
     """
-    if "torch" not in sys.modules:
-        return  # commands that never touch a model do not pay for importing torch
-    import torch
-
     value = os.environ.get("WM_TORCH_THREADS", "1")
     try:
-        threads = int(value)
+        threads = max(1, int(value))
     except ValueError:
         raise WmError(f"WM_TORCH_THREADS must be a whole number, got {value!r}") from None
-    torch.set_num_threads(max(1, threads))
+    if "torch" not in sys.modules:
+        # Commands that never touch a model do not pay for importing torch here;
+        # torch reads this when a command imports it later.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        return
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _register_commands() -> None:
