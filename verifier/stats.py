@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.errors import InputError
-from core.nulls import BetaBinomial, Conformal, Null, null_from_dict
+from core.nulls import BetaBinomial, Conformal, Null
 from verifier.eprocess import ALT_MIXTURE, log_e_trajectory, log_e_value, probes_to_reach
 from verifier.futility import Futility, log_futility_trajectory
 
@@ -439,8 +439,3 @@ def _reachable(
         if m * len(idx) * best_p <= alpha:
             return True
     return False
-
-
-def null_of(d: dict[str, Any]) -> Null:
-    """Parse a null model's JSON form (re-exported for the evidence check)."""
-    return null_from_dict(d)
