@@ -41,7 +41,8 @@ from watermark.secret import secret_path
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help=f"Default: the data's recipe (fashion-mnist: {FASHION_MNIST_RECIPE.batch_size}, else 64).")
 @click.option("--watermark", "scheme_spec", default=DEFAULT_WATERMARK, show_default=True,
-              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite) or 'none'.")
+              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite), "
+              "'extraction-robust' (the scheme recommended against model stealing) or 'none'.")
 @click.option("--per-batch", default=None, type=click.IntRange(min=1),
               help="Watermark probes mixed into each batch. Default: 6 per 100 probes, at least 6 "
               f"({default_per_batch(parse_scheme(DEFAULT_WATERMARK).n)} for the default watermark).")

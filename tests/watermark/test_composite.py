@@ -188,3 +188,30 @@ def test_open_keys_let_the_evidence_checker_re_derive_composite_and_margin_label
     checklist = check_bundle(read_bundle(out.evidence), owner.pins)
     line = next(ln for ln in checklist.lines if ln.part == "derivation")
     assert line.status == "done" and line.detail.startswith("2 opened keys match their commitments")
+
+
+def test_wm_train_extraction_robust_selects_the_recommended_scheme(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from click.testing import CliRunner
+
+    from cli.main import _register_commands, wm
+    from watermark import read_secret
+    from watermark.schemes import ALIASES
+    from watermark.secret import secret_path
+
+    _register_commands()
+    recommended = parse_scheme(ALIASES["extraction-robust"])
+    assert parse_scheme("extraction-robust").name == recommended.name
+    assert parse_scheme("extraction-robust:n=20").name == parse_scheme(
+        f"{ALIASES['extraction-robust']}:n=20").name
+    out = tmp_path / "m.pt2"
+    r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--epochs", "30", "--per-batch", "16",
+                                "--watermark", "extraction-robust", "--out", str(out)])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert f"watermark:         {recommended.name}\n" in r.stdout
+    printed = float(re.search(r"watermark accuracy: ([0-9.]+) on", r.stdout).group(1))  # type: ignore[union-attr]
+    assert printed >= 0.9 and read_secret(secret_path(out)).probes.scheme == recommended.name
+    r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--watermark", "extraction-robust:steps=x",
+                                "--out", str(tmp_path / "x.pt2")])
+    assert r.exit_code != 0 and "wm: error:" in r.stderr and len(r.stderr.strip().splitlines()) <= 2

@@ -27,6 +27,7 @@ from watermark.schemes.trigger_set import TriggerSet
 from watermark.schemes.unrelated import UnrelatedMark
 
 __all__ = [
+    "ALIASES",
     "DEFAULT_WATERMARK",
     "SCHEMES",
     "CompositeHook",
@@ -54,16 +55,30 @@ SCHEMES: dict[str, type[Scheme]] = {
     "composite": CompositeMark,
 }
 
+ALIASES: dict[str, str] = {
+    # The scheme recommended against extraction and distillation, from the Fashion-MNIST
+    # measurements in benchmarks/results/robust-fmnist.md (issue 13).
+    "extraction-robust": "composite",
+}
+"""Names that stand for a scheme with parameters; the probe set records the scheme's own name."""
+
 _PARAM_TYPES: dict[str, type] = {"n": int, "size": int, "amplitude": float, "pattern": str,
                                  "steps": int, "step": float}
 
 
 def parse_scheme(spec: str) -> Scheme:
-    """A scheme from ``FAMILY[:k=v[,k=v]...]`` or its canonical ``FAMILY:k=v:k=v`` name."""
+    """A scheme from ``FAMILY[:k=v[,k=v]...]``, its canonical ``FAMILY:k=v:k=v`` name, or an alias.
+
+    ``extraction-robust`` (:data:`ALIASES`) is the scheme recommended against
+    extraction and distillation; parameters given with it override its own.
+    """
     family, _, rest = spec.strip().partition(":")
+    if family in ALIASES:  # the alias's parameters first, so the caller's override them
+        family, _, preset = ALIASES[family].partition(":")
+        rest = f"{preset}:{rest}"
     if family not in SCHEMES:
         raise InputError(
-            f"unknown watermark scheme {family!r}", hint=f"choose one of {', '.join(SCHEMES)}"
+            f"unknown watermark scheme {family!r}", hint=f"choose one of {', '.join([*SCHEMES, *ALIASES])}"
         )
     kwargs: dict[str, object] = {}
     for item in (p for p in rest.replace(",", ":").split(":") if p):
