@@ -9,6 +9,8 @@ same-data references and other-data references of both architectures. Every
 fingerprint keeps the 100 most conferrable candidates of the same seeds.
 
 Run: ``python -m benchmarks.fingerprint`` (writes ``benchmarks/results/fingerprint.md``).
+``--data fashion-mnist`` runs :mod:`benchmarks.fingerprint_fmnist` instead (AKH, SAC, and
+the model-level conformal null; ``benchmarks/results/fingerprint-fmnist.md``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,16 @@ def fmt_rates(k: Sequence[int]) -> str:
 
 
 def main() -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--data", default="digits", choices=("digits", "fashion-mnist"))
+    known, rest = pre.parse_known_args()
+    if known.data == "fashion-mnist":
+        from benchmarks import fingerprint_fmnist
+
+        fingerprint_fmnist.main(rest)
+        return
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="digits", choices=("digits",))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("WM_HOME", "~/.wm"))
                         .expanduser() / "cache" / "fingerprint-bench")

@@ -5,7 +5,11 @@ train (or load) the generation ensembles, optimise conferrable examples
 (:mod:`fingerprint.cae`), keep the most conferrable, then train (or load) a
 *disjoint* calibration set of surrogates and references, measure how often
 each matches the fingerprint, and fit the conservative null on the held-out
-references (:mod:`fingerprint.calibrate`).
+references (:mod:`fingerprint.calibrate`). The probe set's null is a
+:class:`core.nulls.Conformal`: the held-out references' per-probe matches and
+weight digests, grouped as the calibration groups them, with the
+conservative beta-binomial envelope as its parametric figure, so that the
+verifier reports the conformal p-value beside it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ import torch
 from torch import nn
 
 from core.errors import InputError
+from core.modelio import weights_digest
+from core.nulls import Conformal
 from core.probeset import SALT_SIZE, ProbeSet
 from fingerprint.cae import ConferrableExamples
 from fingerprint.calibrate import Calibration, calibrate_null, match_counts
-from fingerprint.ensembles import Member, MemberSpec, default_archs, plan_members, train_members
+from fingerprint.conformal import match_bits, pack_bits
+from fingerprint.ensembles import (
+    Member,
+    MemberSpec,
+    data_digest,
+    default_archs,
+    plan_members,
+    train_members,
+)
 
 __all__ = ["EnsembleConfig", "Fingerprint", "build_fingerprint", "probe_salts"]
 
@@ -211,20 +225,27 @@ def build_fingerprint(
     held = members("calibration", "held-out models", held_query, train_x, train_y,
                    cfg.surrogates)
     hs, hr = _split(held)
-    groups: dict[str, list[int]] = {}
-    for m, k in zip(hr, match_counts([m.module for m in hr], inputs, labels), strict=True):
-        groups.setdefault(m.spec.arch, []).append(k)
+    refs: list[tuple[str, Member]] = [(m.spec.arch, m) for m in hr]
     if other_x is not None and other_y is not None:
         other = members("calibration-other", "held-out models (other data)", held_query,
                         other_x, other_y, 0)
         held = [*held, *other]
-        for m, k in zip(other, match_counts([m.module for m in other], inputs, labels),
-                        strict=True):
-            groups.setdefault(f"{m.spec.arch}:other-data", []).append(k)
+        refs += [(f"{m.spec.arch}:other-data", m) for m in other]
+    bits = match_bits([m.module for _, m in refs], inputs, labels)
+    groups: dict[str, list[int]] = {}
+    for (group, _), row in zip(refs, bits, strict=True):
+        groups.setdefault(group, []).append(int(row.sum()))
     calibration = calibrate_null(groups, scheme.n, seed=seed)
+    null = Conformal(
+        a=calibration.null.a, b=calibration.null.b, references=len(refs),
+        p_floor=calibration.null.p_floor, size=scheme.n,
+        matches=tuple(pack_bits(row) for row in bits),
+        models=tuple((g, m.spec.seed, weights_digest(m.module.state_dict())) for g, m in refs),
+        recipe=f"cae-held-out:epochs={cfg.epochs};train={data_digest(train_x, train_y)}",
+    )
     probes = ProbeSet(
         inputs=inputs, expected=labels, kind="fingerprint", scheme=scheme.name,
-        null=calibration.null, num_classes=num_classes, salts=probe_salts(scheme.n, salt_key),
+        null=null, num_classes=num_classes, salts=probe_salts(scheme.n, salt_key),
     )
     return Fingerprint(
         probes=probes,

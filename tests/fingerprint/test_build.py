@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core.errors import InputError
+from core.nulls import Conformal
 from fingerprint.build import EnsembleConfig, build_fingerprint
 from fingerprint.cae import ConferrableExamples
 from fingerprint.ensembles import MemberSpec, plan_members, train_members
@@ -49,6 +50,14 @@ def test_fingerprint_probeset_carries_the_calibrated_null(setting: Setting,
     assert {g.group for g in fp.calibration.groups} == {"cnn", "mlp"}
     assert not {s.seed for s in fp.generation} & {s.seed for s in fp.held_out}
     assert torch.equal(p.expected, setting.owner(p.inputs).argmax(dim=1))
+    # the conformal null: the held-out references' matches, grouped by architecture
+    null = p.null
+    assert isinstance(null, Conformal) and null.group_sizes == {"cnn": 2, "mlp": 2}
+    counts = {g.group: sorted(g.matches) for g in fp.calibration.groups}
+    scores = null.reference_scores(list(range(len(p))))
+    assert {a: sorted(s for (g, _, _), s in zip(null.models, scores, strict=True) if g == a)
+            for a in ("cnn", "mlp")} == counts
+    assert null.p_value(list(range(len(p))), [True] * len(p)) >= 1 / 3
 
 
 def test_parallel_training_gives_the_same_bytes_and_the_cache_is_reused(

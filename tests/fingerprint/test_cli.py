@@ -51,7 +51,7 @@ def test_fingerprint_is_committed_to_the_registry(home: Path) -> None:
     assert "p-value floor:     0.333" in out and "4 held-out references" in out
     with Registry.open(f"sqlite:///{home / 'registry.db'}") as reg:
         (info,) = reg.probesets("m1", "fingerprint")
-        assert info.size == 5 and info.null["family"] == "beta-binomial"
+        assert info.size == 5 and info.null["family"] == "conformal"
         assert info.null["references"] == 4 and info.root.hex() in out
     assert (home / "cache" / "fingerprint").is_dir()
 
@@ -88,3 +88,32 @@ def test_wrong_passphrase_is_one_line(home: Path) -> None:
     r = CliRunner().invoke(wm, ["--home", str(home), "fingerprint", "m1", "--data", "digits",
                                 "--model", str(home / "m1.pt2")], env={"WM_PASSPHRASE": "no"})
     assert r.exit_code == 2 and "wrong passphrase" in r.stderr
+
+
+ZOO = ["--size", "4", "--references", "9", "--generation", "3", "--epochs", "4", "--workers", "1"]
+
+
+@pytest.mark.parametrize(("method", "extra", "scheme"),
+                         [("akh", ["--scheme", "akh:agree=0.3"], "akh:n=4:agree=0.3"),
+                          ("sac", ["--scheme", "sac-m"], "sac-m:n=4:seed=0")])
+def test_akh_and_sac_commit_a_conformal_null(home: Path, method: str, extra: list[str],
+                                             scheme: str) -> None:
+    code, out, err = run(home, "m1", "--data", "digits", "--model", str(home / "m1.pt2"),
+                         "--method", method, *ZOO, *extra)
+    assert code == 0, err
+    assert f"fingerprint:       {scheme}" in out
+    assert "conformal, K = 9 references (cnn:epochs=4:batch=64" in out
+    assert "p-value floor:     0.1 (1/(K+1)" in out
+    with Registry.open(f"sqlite:///{home / 'registry.db'}") as reg:
+        info = [p for p in reg.probesets("m1", "fingerprint") if p.scheme == scheme][-1]
+        null = info.null
+        assert null["family"] == "conformal" and null["references"] == 9 and len(null["matches"]) == 9
+        assert null["p_floor"] == pytest.approx(0.1) and {m["arch"] for m in null["models"]} == {"cnn"}
+        assert info.root.hex() in out
+    assert (home / "cache" / "zoo" / "zoo.jsonl").is_file()
+
+
+def test_a_zoo_method_that_finds_too_few_probes_says_so(home: Path) -> None:
+    code, _, err = run(home, "m1", "--data", "digits", "--model", str(home / "m1.pt2"),
+                       "--method", "akh", *ZOO[:-2], "--size", "5000", "--workers", "1")
+    assert code == 2 and "misclassified by the owner" in err and len(err.strip().splitlines()) == 1
