@@ -95,11 +95,14 @@ def model_progress() -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="Parallel training processes (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Retrain every ensemble member.")
+@click.option("--ray", "ray_address", default=None, envvar="WM_RAY_ADDRESS",
+              help="akh/sac: train the references as Ray tasks on this cluster ('local' starts "
+              "one here; extra wm[ray]). Default: local processes.")
 @click.pass_obj
 def fingerprint_cmd(ctx: Context, name: str, data_spec: str, model_path: Path, size: int,
                     method: str, surrogates: int, references: int | None, generation: int,
                     scheme_spec: str | None, epochs: int | None, seed: int, workers: int | None,
-                    no_cache: bool) -> None:
+                    no_cache: bool, ray_address: str | None) -> None:
     """Fingerprint registered model NAME (conferrable examples, AKH or SAC).
 
     cae: trains surrogates (on the model's answers) and references (on ground
@@ -113,8 +116,10 @@ def fingerprint_cmd(ctx: Context, name: str, data_spec: str, model_path: Path, s
 
     if method != "cae":
         _zoo_fingerprint(ctx, name, data_spec, model_path, size, method, references or 99,
-                         generation, scheme_spec, epochs, seed, workers, no_cache)
+                         generation, scheme_spec, epochs, seed, workers, no_cache, ray_address)
         return
+    if ray_address is not None:
+        raise InputError("--ray trains the references of --method akh or sac; cae trains locally")
     from registry.log import Registry
 
     base = parse_cae(scheme_spec or "cae")
@@ -189,7 +194,8 @@ def _open_owner(reg: Any, key: Any, name: str, data_spec: str, model_path: Path)
 
 def _zoo_fingerprint(ctx: Context, name: str, data_spec: str, model_path: Path, size: int,
                      method: str, references: int, generation: int, scheme_spec: str | None,
-                     epochs: int | None, seed: int, workers: int | None, no_cache: bool) -> None:
+                     epochs: int | None, seed: int, workers: int | None, no_cache: bool,
+                     ray_address: str | None) -> None:
     """``--method akh|sac``: probes chosen with the zoo, a conformal null of K references."""
     from registry.keys import load_owner_key
     from registry.log import Registry
@@ -221,7 +227,7 @@ def _zoo_fingerprint(ctx: Context, name: str, data_spec: str, model_path: Path, 
                 pool_x=torch.cat([splits.train.x, splits.test.x]),
                 pool_y=torch.cat([splits.train.y, splits.test.y]), zoo=zoo, recipes=[recipe],
                 references=references, generation=generation, input_range=splits.input_range,
-                workers=workers or os.cpu_count() or 1, progress=progress,
+                workers=workers or os.cpu_count() or 1, progress=progress, ray_address=ray_address,
             )
         probeset_id = reg.add_probeset(key, name, fp.probes)
     n = len(fp.probes)

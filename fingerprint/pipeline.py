@@ -67,8 +67,8 @@ class ZooFingerprint:
 
 
 def zoo_references(zoo: ReferenceZoo, recipes: Sequence[ZooRecipe], count: int, stream: str, *,
-                   workers: int = 1, progress: Callable[[int, int], None] | None = None
-                   ) -> list[ZooModel]:
+                   workers: int = 1, progress: Callable[[int, int], None] | None = None,
+                   ray_address: str | None = None) -> list[ZooModel]:
     """``count`` references of stream ``stream``, spread over ``recipes`` (the first gets the rest)."""
     if not recipes:
         raise InputError("name at least one reference recipe")
@@ -77,7 +77,8 @@ def zoo_references(zoo: ReferenceZoo, recipes: Sequence[ZooRecipe], count: int, 
     out: list[ZooModel] = []
     for r, k in zip(recipes, per, strict=True):
         if k:
-            out += zoo.models(r, zoo_seeds(f"{stream}:{r.name}", k), workers=workers, progress=progress)
+            out += zoo.models(r, zoo_seeds(f"{stream}:{r.name}", k), workers=workers,
+                              progress=progress, ray_address=ray_address)
     return out
 
 
@@ -96,6 +97,7 @@ def build_zoo_fingerprint(
     salt_key: bytes | None = None,
     workers: int = 1,
     progress: ProgressFn | None = None,
+    ray_address: str | None = None,
 ) -> ZooFingerprint:
     """Choose the probes with ``generation`` references and commit ``references`` others as the null.
 
@@ -113,6 +115,7 @@ def build_zoo_fingerprint(
         salt_key: see :func:`fingerprint.build.probe_salts`.
         workers: parallel training processes.
         progress: called with ``(stage, done, total)``.
+        ray_address: train missing references as Ray tasks there (:mod:`fingerprint.zoo`).
 
     Raises:
         InputError: bad counts, or the owner's architecture missing from ``recipes``.
@@ -128,10 +131,10 @@ def build_zoo_fingerprint(
         return None if progress is None else (lambda d, t: progress(name, d, t))
 
     gen = zoo_references(zoo, recipes[:1], generation, "generation", workers=workers,
-                         progress=stage("generation references"))
+                         progress=stage("generation references"), ray_address=ray_address)
     sel = scheme.select(owner, [m.module for m in gen], pool_x, pool_y)
     refs = zoo_references(zoo, recipes, references, "null", workers=workers,
-                          progress=stage("null references"))
+                          progress=stage("null references"), ray_address=ray_address)
     null = conformal_null(refs, sel.inputs, sel.labels, data=zoo.data)
     probes = ProbeSet(inputs=sel.inputs, expected=sel.labels, kind="fingerprint", scheme=scheme.name,
                       null=null, num_classes=zoo.num_classes,

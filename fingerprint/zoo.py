@@ -10,6 +10,12 @@ seed), keeps its weights in a cache directory and appends a line to
 digest, CPU seconds), so every model of the same data reuses them: ``K``
 references are paid once per data set, not per fingerprint.
 
+**Ray.** ``models(..., ray_address=ADDRESS)`` trains each missing
+reference as a Ray task (one CPU each) on the cluster at ``ADDRESS`` (or on
+a Ray instance this process already started; ``local`` starts one here),
+the extra ``wm[ray]``. Training is single-threaded and seeded, so a Ray task
+returns the same weights, byte for byte, as the local process pool.
+
 Seeds come in named *streams* (:func:`zoo_seeds`): the references that
 choose a fingerprint's probes (``generation``) and those that calibrate its
 null (``null``) are disjoint by construction, so the null's references took
@@ -23,7 +29,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +152,11 @@ class ReferenceZoo:
             f.write(json.dumps(line, sort_keys=True) + "\n")
 
     def models(self, recipe: ZooRecipe, seeds: Sequence[int], *, workers: int = 1,
-               progress: ProgressFn | None = None) -> list[ZooModel]:
-        """The references of ``recipe`` with ``seeds``, in order: cached ones loaded, the rest trained."""
+               progress: ProgressFn | None = None, ray_address: str | None = None) -> list[ZooModel]:
+        """The references of ``recipe`` with ``seeds``, in order: cached ones loaded, the rest trained.
+
+        ``workers`` local processes train them, or Ray tasks on ``ray_address`` (module docstring).
+        """
         if workers < 1:
             raise InputError(f"workers must be at least 1, got {workers}")
         states: list[dict[str, torch.Tensor] | None] = [self._load(self._path(recipe, s))
@@ -166,7 +175,12 @@ class ReferenceZoo:
             if progress is not None:
                 progress(done, total)
 
-        if workers == 1 or len(pending) <= 1:
+        if ray_address is not None and pending:
+            for i, (trained, took) in _ray_train(ray_address, workers, recipe,
+                                                 [seeds[i] for i in pending], self.x, self.y,
+                                                 self.num_classes, pending):
+                finish(i, trained, took)
+        elif workers == 1 or len(pending) <= 1:
             for i in pending:
                 finish(i, *_train(recipe, seeds[i], self.x, self.y, self.num_classes))
         else:
@@ -188,3 +202,29 @@ class ReferenceZoo:
                 p.requires_grad_(False)
             out.append(ZooModel(recipe, seed, weights_digest(state), module.eval(), cpu_s))
         return out
+
+
+def _ray_train(address: str, workers: int, recipe: ZooRecipe, seeds: Sequence[int], x: torch.Tensor,
+               y: torch.Tensor, num_classes: int, keys: Sequence[int]
+               ) -> Iterator[tuple[int, tuple[dict[str, torch.Tensor], float]]]:
+    """Train each seed as a Ray task; yields ``(key, (state, cpu_s))`` as tasks finish."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs Ray", hint="pip install 'wm[ray]'") from None
+    if not ray.is_initialized():
+        try:
+            if address == "local":
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise InputError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    task = ray.remote(num_cpus=1)(_train)
+    xr, yr = ray.put(x), ray.put(y)
+    futures = {task.remote(recipe, s, xr, yr, num_classes): k for s, k in zip(seeds, keys, strict=True)}
+    left = list(futures)
+    while left:
+        ready, left = ray.wait(left, num_returns=1)
+        for ref in ready:
+            yield futures[ref], ray.get(ref)
