@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -128,19 +130,27 @@ def many_writers(url: str, home: Path, tmp: Path, procs: int, each: int) -> floa
     return rate
 
 
-def verify_time(url: str, home: Path, n: int) -> tuple[float, float, float]:
+def verify_time(url: str, home: Path, n: int) -> tuple[float, float, float, float, float]:
     """Build a log of ``n`` entries, checkpoint it, and time the audit with 1, then 2 signature
-    workers; (seconds with 1, seconds with 2, build rate)."""
+    workers; (seconds with 1, seconds with 2, build rate, CPU seconds with 1, CPU seconds with 2:
+    this process and its reaped children, not the database server)."""
     build = build_log(url, home, n)
-    times: dict[int, float] = {1: float("inf"), 2: float("inf")}
+    times: dict[int, tuple[float, float]] = {}
     with Registry.open(url) as reg:
         reg.checkpoint(load_owner_key(home, "bench"))
         for workers in (1, 2):
+            c0 = _cpu()
             t0 = time.perf_counter()
             report = reg.verify_log(workers=workers)
-            times[workers] = min(times[workers], time.perf_counter() - t0)
+            times[workers] = (time.perf_counter() - t0, _cpu() - c0)
             assert report.size == n
-    return times[1], times[2], build
+    return times[1][0], times[2][0], build, times[1][1], times[2][1]
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (the signature workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def build_log(url: str, home: Path, n: int) -> float:
@@ -233,6 +243,9 @@ def main() -> int:
                         help="only: the CPU time of a one-process audit of N entries")
     parser.add_argument("--proofs-only", type=int, metavar="N",
                         help="only: proof times in logs of N entries on both databases (to --out)")
+    parser.add_argument("--parts", default="appends,audit,proofs",
+                        help="comma-separated: appends, audit, proofs (the 10^6-entry log); the "
+                        "results file keeps its other sections")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "registry.md"))
     args = parser.parse_args()
     if args.worker:
@@ -243,6 +256,9 @@ def main() -> int:
     if args.proofs_only:
         return proofs_only(args.proofs_only, args.pg, Path(args.out))
 
+    parts = set(args.parts.split(","))
+    if not parts <= {"appends", "audit", "proofs"}:
+        parser.error(f"--parts: unknown {', '.join(sorted(parts - {'appends', 'audit', 'proofs'}))}")
     single_n, procs, each = (300, 8, 50) if args.quick else (2000, 8, 250)
     verify_sizes = [1000, 5000] if args.quick else [10_000, 100_000]
     proof_max = 10**4 if args.quick else 10**6
@@ -266,37 +282,44 @@ def main() -> int:
         home = tmp / "home"
         generate_owner_key(home, "bench", "bench")
         for kind in kinds:
-            with _database(kind, args.pg, tmp) as url:
-                one = single_writer(url, home, single_n)
-            with _database(kind, args.pg, tmp) as url:
-                eight = many_writers(url, home, tmp, procs, each)
-            load = os.getloadavg()[0]
-            rows.append(f"| {kind} | {one:,.0f} | {eight:,.0f} | {eight / one:.2f} | {load:.1f} |")
-            print(rows[-1], flush=True)
-            for n in verify_sizes:
+            if "appends" in parts:
                 with _database(kind, args.pg, tmp) as url:
-                    secs, secs2, build = verify_time(url, home, n)
+                    one = single_writer(url, home, single_n)
+                with _database(kind, args.pg, tmp) as url:
+                    eight = many_writers(url, home, tmp, procs, each)
+                load = os.getloadavg()[0]
+                rows.append(f"| {kind} | {one:,.0f} | {eight:,.0f} | {eight / one:.2f} | {load:.1f} |")
+                print(rows[-1], flush=True)
+            for n in verify_sizes if "audit" in parts else []:
+                with _database(kind, args.pg, tmp) as url:
+                    secs, secs2, build, cpu, cpu2 = verify_time(url, home, n)
                     load = os.getloadavg()[0]
                     verify_rows.append(
-                        f"| {kind} | {n:,} | {secs:.2f} | {secs2:.2f} | {n / min(secs, secs2):,.0f} "
-                        f"| {build:,.0f} | {load:.1f} |"
+                        f"| {kind} | {n:,} | {secs:.2f} | {cpu:.2f} | {secs2:.2f} | {cpu2:.2f} "
+                        f"| {n / min(secs, secs2):,.0f} | {build:,.0f} | {load:.1f} |"
                     )
                     print(verify_rows[-1], flush=True)
-                    if n == verify_sizes[-1] and (kind != "sqlite" or proof_max <= n):
+                    if "proofs" in parts and n == verify_sizes[-1] and (kind != "sqlite" or proof_max <= n):
                         proofs(kind, url, n)
-        if proof_max > verify_sizes[-1]:  # the largest log last: it takes longest to build
+        if "proofs" in parts and proof_max > verify_sizes[-1]:  # the largest log last: slowest to build
             with _database("sqlite", args.pg, tmp) as url:
                 build_log(url, home, proof_max)
                 proofs("sqlite", url, proof_max)
-    lines = [
+    head = [
         "# Registry benchmark",
         "",
-        f"`python -m benchmarks.registry{' --quick' if args.quick else ''}` on "
+        f"`python -m benchmarks.registry{' --quick' if args.quick else ''}"
+        f"{'' if args.parts == 'appends,audit,proofs' else ' --parts ' + args.parts}` on "
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
         "(the machine is shared; every figure moves with the load, so each row gives the load "
-        "when it was taken).",
+        "when it was taken)"
+        + ("." if parts == {"appends", "audit", "proofs"} else
+           f"; only {', '.join(sorted(parts))} measured in this run, the other sections are "
+           "kept from the run before."),
         "",
+    ]
+    appends = [
         "## Appends per second",
         "",
         f"One writer: {single_n} appends in one process. Eight writers: {procs} processes x "
@@ -311,21 +334,24 @@ def main() -> int:
         "",
     ]
     if pg_reason is not None:
-        lines += [f"PostgreSQL skipped: {pg_reason}", ""]
-    lines += [
+        head += [f"PostgreSQL skipped: {pg_reason}", ""]
+    audit = [
         "## `wm audit verify` (Registry.verify_log)",
         "",
         "Streams the log in batches of 4,096 and recomputes every leaf hash, Ed25519 signature, "
         "signed index, previous root and probe-set count, every stored tree node, the head and "
         "one checkpoint. Logs built with `append_many` (batches of 5,000). One run with the "
         "signatures checked in this process, then one with 2 worker processes "
-        "(`wm audit verify --workers 2`).",
+        "(`wm audit verify --workers 2`). CPU s: this process and its workers (user + system; "
+        "not the PostgreSQL server's), the figure other load on the machine distorts least.",
         "",
-        "| database | entries | verify s, 1 process | verify s, 2 workers | entries/s verified (best) "
-        "| entries/s appended in batches | load |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| database | entries | verify s, 1 process | CPU s | verify s, 2 workers | CPU s "
+        "| entries/s verified (best) | entries/s appended in batches | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *verify_rows,
         "",
+    ]
+    proofs_part = [
         "## Proofs from stored tree nodes (RFC 9162)",
         "",
         "Mean time of `Registry.inclusion_proof(i, n)` and `Registry.consistency_proof(m, n)` over "
@@ -337,10 +363,21 @@ def main() -> int:
         *proof_rows,
         "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    out = Path(args.out)
+    old = _sections(out.read_text()) if out.exists() else {}
+    text = "\n".join(head) + "\n"
+    for part, lines in (("appends", appends), ("audit", audit), ("proofs", proofs_part)):
+        text += "\n".join(lines) + "\n" if part in parts else old.get(lines[0], "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
     return 0
+
+
+def _sections(text: str) -> dict[str, str]:
+    """A results file's ``## `` sections by heading line (each with its trailing blank line)."""
+    return {chunk.split("\n", 1)[0]: chunk for chunk in re.split(r"(?m)^(?=## )", text)
+            if chunk.startswith("## ")}
 
 
 if __name__ == "__main__":
