@@ -39,10 +39,12 @@ from core.probeset import ProbeSet
 from core.training import Recipe, accuracy, default_recipe, training_epochs
 from watermark import WatermarkHook, WatermarkKey, parse_scheme
 
-# (scheme, probes mixed into each batch): the default, and Zhang et al.'s in-distribution marks,
-# which need more of them to be learnt.
+# (scheme, probes mixed into each batch): 100 triggers (the old default), and Zhang et al.'s
+# in-distribution marks, which need more of them to be learnt.
 SCHEMES = {"trigger-set": 6, "trigger-set:pattern=abstract": 12, "content": 12, "noise": 12,
-           "unrelated": 12}
+           "unrelated": 12,
+           # wm train's default (watermark.DEFAULT_WATERMARK) at its default_per_batch
+           "trigger-set:n=300": 18}
 
 
 @dataclass

@@ -22,9 +22,9 @@ labels and with probabilities in turn. Reported per verification: the
 verdict, the probes it spent, its p-value, the futility evidence against
 "derived, matching a share >= q" and the rule's stated error, and the unspent
 probes left after it. The exact copy's row shows how early an exact copy is
-decided (``wm verify`` sizes its first batch for that; limit
-``ceil(9 log 10 / log C)``-ish: a perfect match on ``n`` probes gives at most
-``C^n``).
+decided: ``wm verify`` sizes its first batch for it (10 probes to 1e-9 with 10
+classes; a perfect match on ``n`` probes gives at most ``C^n``, so 9 is the
+floor).
 
 Trained models are cached under ``--cache`` (default ``$WM_HOME/cache/verifier-bench``).
 
@@ -248,7 +248,7 @@ def write(args: argparse.Namespace, splits: Splits, scheme: str, total: int, zoo
     wm_line = re.search(r"watermark accuracy:\s+(.*)", train_log)
     fut = next((r for r in ok if r.get("beta") is not None), None)
     lines = [
-        f"## {splits.name}",
+        f"## {_section_name(splits, args.alpha)}",
         "",
         f"Owner: `wm train --data {splits.spec}"
         + (f" --arch {args.arch}" if args.arch else "") + (f" --epochs {args.epochs}" if args.epochs else "")
@@ -273,7 +273,8 @@ def write(args: argparse.Namespace, splits: Splits, scheme: str, total: int, zoo
     ]
     if exact is not None:
         lines.append(f"- exact copy: `{exact['verdict']}` at p = {_fmt_p(exact['p'])} "  # type: ignore[arg-type]
-                     f"after {exact['probes']} probes (target <= 10 at p <= 1e-9)")
+                     f"after {exact['probes']} probes"
+                     + (" (target: <= 10 probes at p <= 1e-9)" if args.alpha <= 1e-9 else ""))
     if ind:
         probes = [int(r["probes"]) for r in ind]  # type: ignore[call-overload]
         wrong = [r for r in ind if r["verdict"] != "not_owned"]
@@ -316,8 +317,13 @@ def write(args: argparse.Namespace, splits: Splits, scheme: str, total: int, zoo
     section = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(merge_section(out.read_text() if out.exists() else "", splits.name, section))
+    out.write_text(merge_section(out.read_text() if out.exists() else "", _section_name(splits, args.alpha),
+                                 section))
     print(section)
+
+
+def _section_name(splits: Splits, alpha: float) -> str:
+    return f"{splits.name}, alpha {alpha:g}"
 
 
 TITLE = "# Verifier: probes per verdict, and suspects checked by one default watermark\n"
