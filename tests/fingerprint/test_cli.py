@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,36 @@ def test_a_zoo_method_that_finds_too_few_probes_says_so(home: Path) -> None:
     code, _, err = run(home, "m1", "--data", "digits", "--model", str(home / "m1.pt2"),
                        "--method", "akh", *ZOO[:-2], "--size", "5000", "--workers", "1")
     assert code == 2 and "misclassified by the owner" in err and len(err.strip().splitlines()) == 1
+
+
+def test_wm_verify_reports_the_conformal_p_of_an_akh_fingerprint(tmp_path: Path) -> None:
+    import json
+
+    from core.data import load_digits
+    from tests.servers import wm_server
+
+    key = generate_owner_key(tmp_path, "alice", "pw")
+    sp = load_digits()
+    model = train_new("cnn", sp.train.x, sp.train.y, num_classes=10, epochs=8, seed=0)
+    save_model(model, tmp_path / "m.pt2", input_shape=(1, 8, 8), num_classes=10, arch="cnn",
+               data="digits")
+    with Registry.open(f"sqlite:///{tmp_path / 'registry.db'}") as reg:
+        register_model(reg, key, tmp_path / "m.pt2", "m")
+    code, _, err = run(tmp_path, "m", "--data", "digits", "--model", str(tmp_path / "m.pt2"),
+                       "--method", "akh", *ZOO, "--scheme", "akh:agree=0.3")
+    assert code == 0, err
+    env = {"WM_PASSPHRASE": "pw"}
+    with wm_server(["--home", str(tmp_path), "serve", str(tmp_path / "m.pt2"), "--name", "m",
+                    "--port", "0"], env={**os.environ, **env}) as srv:
+        r = CliRunner().invoke(wm, ["--home", str(tmp_path), "verify", "--suspect",
+                                    f"{srv.url}/v2/models/m/infer", "--model", "m", "--json",
+                                    "--fixed", "--budget", "4", "--evidence",
+                                    str(tmp_path / "evidence.json")], env=env)
+    assert r.exit_code in (0, 1), r.stderr
+    out = json.loads(r.stdout)
+    (t,) = out["tests"]
+    assert t["kind"] == "fingerprint" and t["matches"] == t["n"] == 4  # the owner itself
+    assert t["null"]["family"] == "conformal" and t["null"]["references"] == 9
+    assert t["p_conformal"] >= 0.1 and t["p_value"] == t["p_conformal"]
+    assert t["p_parametric"] >= 0.1 and out["p_value"] >= 0.1 and out["verdict"] != "owned"
+    assert (tmp_path / "evidence.json").is_file()
