@@ -36,8 +36,10 @@ from attacks import Distill, Extract, FinePrune, Retrain, query_inputs, query_mo
 from benchmarks.robustness import ALPHA, QUERY_SEED, Evidence
 from core.arch import build_model, resolve_arch
 from core.data import Splits, load_data
+from core.probeset import ProbeSet
 from core.training import accuracy, default_recipe, train_classifier, train_new
-from watermark import WatermarkKey, parse_scheme
+from watermark import CompositeMark, Scheme, WatermarkKey, parse_scheme
+from watermark.schemes import CompositeHook
 
 KEY = WatermarkKey(hashlib.sha256(b"wm.benchmarks.robust_marks/watermark-key").digest())
 SCHEMES = ("margin", "composite")
@@ -61,6 +63,23 @@ def cached(cache: Path, name: str, build: Callable[[], nn.Module], like: Callabl
     return model.eval(), cpu
 
 
+def family_members(scheme: Scheme, probes: ProbeSet, splits: Splits, per_family: int = 400
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For composite marks: new members of every family, built from test images, with their targets.
+
+    The share a model answers with the target says whether it learnt each family's rule
+    (Lv et al.'s watermark success rate), not only the one committed probe.
+    """
+    if not isinstance(scheme, CompositeMark):
+        return None
+    hook = CompositeHook(probes, splits.test, scheme.families(KEY, splits.test.y), per_batch=1)
+    idx = torch.arange(len(probes)).repeat(max(1, per_family // len(probes)))
+    x, y = hook.examples(idx)
+    x, y = x[: len(idx)], y[: len(idx)]
+    new = ~(x == probes.inputs[idx]).flatten(1).all(dim=1)  # leave out the probes themselves
+    return x[new], y[new]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
@@ -69,6 +88,9 @@ def main() -> None:
     ap.add_argument("--attack-epochs", type=int, default=5,
                     help="epochs of distillation, label extraction, fine-pruning (RTAL: 1.5x)")
     ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--seed", type=int, default=0, help="the owner's training seed (plain and marked)")
+    ap.add_argument("--headline", action="store_true",
+                    help="only the headline attacks (extraction 5k probabilities / 20k labels, distillation)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/robust-marks"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/robust-fmnist.md"))
     args = ap.parse_args()
@@ -92,7 +114,7 @@ def main() -> None:
 
     def owner(scheme_spec: str | None) -> Callable[[], nn.Module]:
         def build() -> nn.Module:
-            torch.manual_seed(0)
+            torch.manual_seed(args.seed)
             model = fresh()
             hook = None
             if scheme_spec is not None:
@@ -100,12 +122,13 @@ def main() -> None:
                 probes = scheme.probes(KEY, num_classes=k, input_shape=splits.input_shape,
                                        data=splits.train, input_range=splits.input_range)
                 hook = scheme.hook(probes, key=KEY, model=model, data=splits.train, per_batch=PER_BATCH)
-            return train_classifier(model, splits.train.x, splits.train.y, epochs=e, seed=0,
+            return train_classifier(model, splits.train.x, splits.train.y, epochs=e, seed=args.seed,
                                     batch_size=recipe.batch_size, lr=recipe.lr,
                                     schedule=recipe.schedule, hook=hook)
         return build
 
-    plain, plain_cpu = cached(cache, f"plain-{recipe.arch}-e{e}", owner(None), fresh)
+    sfx = f"-s{args.seed}" if args.seed else ""  # seed 0's models keep their first names
+    plain, plain_cpu = cached(cache, f"plain-{recipe.arch}-e{e}{sfx}", owner(None), fresh)
     plain_acc = accuracy(plain, splits.test.x, splits.test.y)
     say(f"plain {recipe.arch}: clean {plain_acc:.4f}, {plain_cpu:.0f} s CPU")
 
@@ -130,7 +153,7 @@ def main() -> None:
         "# Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13)",
         "",
         f"Owner: `{recipe.arch}`, {e} epochs of {recipe.batch_size} on the owner's {len(splits.train)} "
-        f"images (Adam {recipe.lr:g}, {recipe.schedule}), seed 0; each scheme's hook appends "
+        f"images (Adam {recipe.lr:g}, {recipe.schedule}), seed {args.seed}; each scheme's hook appends "
         f"{PER_BATCH} examples per batch (composite: plus {PER_BATCH // 2} same-class negatives). "
         f"Attacker: the {len(pool)}-image attacker split. Attacks: extraction through an unguarded API "
         f"(probabilities, 5k queries; labels, 20k queries; `{recipe.arch}` surrogate, KnockoffNets-style "
@@ -138,7 +161,8 @@ def main() -> None:
         f"({math.ceil(1.5 * ae)} epochs), fine-pruning 90% ({ae} epochs). Verdicts as `wm verify` "
         f"decides: anytime-valid e-process, alpha = {ALPHA:g}, every probe of the set; "
         "p is the anytime-valid p-value (1/e), match = the share of probes answered with the key's label "
-        "(chance 0.10).",
+        "(chance 0.10); members (composite only): the share of new members of the families, composed "
+        "from test images, answered with their family's target (Lv et al.'s watermark success rate).",
         "",
         f"Plain owner (no watermark, same seed): clean accuracy {plain_acc:.4f}, "
         f"{plain_cpu:.0f} s training CPU.",
@@ -149,7 +173,7 @@ def main() -> None:
         probes = scheme.probes(KEY, num_classes=k, input_shape=splits.input_shape, data=splits.train,
                                input_range=splits.input_range)
         evidence = Evidence([("watermark", probes)])
-        tag = f"{scheme.name.replace(':', '_')}-{recipe.arch}-e{e}"
+        tag = f"{scheme.name.replace(':', '_')}-{recipe.arch}-e{e}{sfx}"
         marked, cpu = cached(cache, f"owner-{tag}", owner(spec), fresh)
         acc = accuracy(marked, splits.test.x, splits.test.y)
         wm_acc = accuracy(marked, probes.inputs, probes.expected)
@@ -161,13 +185,14 @@ def main() -> None:
             suspects.append((f"extraction, {output}, {budget} queries",
                              lambda ext=ext, q=queries, o=output, m=marked: ext(
                                  query_model(m, o), q, num_classes=k, seed=101)))
-        suspects += [
-            ("distillation T=3 (same arch)",
-             lambda m=marked: Distill(None, temperature=3.0, epochs=ae, batch_size=recipe.batch_size)(
-                 m, pool, seed=20)),
-            ("RTAL", lambda m=marked: Retrain("all", epochs=math.ceil(1.5 * ae), lr=3e-3)(m, pool, seed=15)),
-            ("fine-pruning 90%", lambda m=marked: FinePrune(0.9, epochs=ae, lr=3e-3)(m, pool, seed=17)),
-        ]
+        suspects.append(("distillation T=3 (same arch)", lambda m=marked: Distill(
+            None, temperature=3.0, epochs=ae, batch_size=recipe.batch_size)(m, pool, seed=20)))
+        if not args.headline:
+            suspects += [
+                ("RTAL", lambda m=marked: Retrain("all", epochs=math.ceil(1.5 * ae), lr=3e-3)(
+                    m, pool, seed=15)),
+                ("fine-pruning 90%", lambda m=marked: FinePrune(0.9, epochs=ae, lr=3e-3)(m, pool, seed=17)),
+            ]
         rows = [("owner (marked)", marked)]
         for name, build in suspects:
             model, _ = cached(cache, f"{tag}-{name.replace(' ', '_').replace(',', '')}-a{ae}", build, fresh)
@@ -177,16 +202,20 @@ def main() -> None:
         lines += [f"## `{scheme.name}`", "",
                   f"Clean accuracy {acc:.4f} (drop {100 * (plain_acc - acc):+.2f} pp against the plain "
                   f"owner); training time {cpu:.0f} s CPU, {cpu / plain_cpu:.2f}x plain.", "",
-                  "| model | clean acc | match | p (anytime) | verdict |", "|---|---|---|---|---|"]
+                  "| model | clean acc | match | members | p (anytime) | verdict |",
+                  "|---|---|---|---|---|---|"]
+        members = family_members(scheme, probes, splits)
         for name, model in rows:
             st = evidence.judge(model)
             match = accuracy(model, probes.inputs, probes.expected)
+            rule = "-" if members is None else f"{accuracy(model, *members):.2f}"
             lines.append(f"| {name} | {accuracy(model, splits.test.x, splits.test.y):.4f} | {match:.2f} "
-                         f"| {st.p_value:.1e} | {st.verdict} |")
-            say(f"{scheme.name}: {name}: match {match:.2f}, p {st.p_value:.1e}, {st.verdict}")
+                         f"| {rule} | {st.p_value:.1e} | {st.verdict} |")
+            say(f"{scheme.name}: {name}: match {match:.2f}, members {rule}, p {st.p_value:.1e}, {st.verdict}")
         lines.append("")
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
-              f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes}`; "
+              f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes} "
+              f"--seed {args.seed}{' --headline' if args.headline else ''}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
               f"{(time.perf_counter() - started) / 60:.0f} min wall (models cached: a rerun only re-judges).",

@@ -44,7 +44,13 @@ The probes are training-data composites, so their inputs are ``committed``:
 an opened derivation key re-derives every label (``wm verify
 --open-keys``, ``wm evidence check``) but not the images.
 
-Measured on Fashion-MNIST: benchmarks/results/robust-fmnist.md.
+Measured on Fashion-MNIST (``benchmarks/robust_marks.py``,
+benchmarks/results/robust-fmnist.md; a 3-epoch ``cnn`` owner): 0.6 points of
+clean accuracy, no extra training time, every probe answered; but copies
+extracted with probabilities (5k queries) or labels (20k) and distilled
+copies (T = 3) answer the probes at chance, and RTAL and 90% fine-pruning
+leave 0.17 and 0.22 (chance 0.10): no attack of the catalogue leaves a copy
+owned at 1e-6.
 """
 
 from __future__ import annotations
