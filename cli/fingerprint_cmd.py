@@ -26,6 +26,7 @@ import torch
 
 from cli.main import Context, wm
 from cli.progress import interactive
+from core.arch import resolve_arch
 from core.data import load_data
 from core.errors import InputError, ModelFileError
 from core.modelio import check_input_shape, file_digest, load_model, to_trainable, weights_digest
@@ -95,6 +96,9 @@ def model_progress() -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="Parallel training processes (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Retrain every ensemble member.")
+@click.option("--reference-arch", "reference_archs", multiple=True,
+              help="akh/sac: another architecture among the null's references (repeatable); the "
+              "K references are split between the groups and the floor is the smallest group's.")
 @click.option("--ray", "ray_address", default=None, envvar="WM_RAY_ADDRESS",
               help="akh/sac: train the references as Ray tasks on this cluster ('local' starts "
               "one here; extra wm[ray]). Default: local processes.")
@@ -102,7 +106,7 @@ def model_progress() -> Iterator[Callable[[str, int, int], None]]:
 def fingerprint_cmd(ctx: Context, name: str, data_spec: str, model_path: Path, size: int,
                     method: str, surrogates: int, references: int | None, generation: int,
                     scheme_spec: str | None, epochs: int | None, seed: int, workers: int | None,
-                    no_cache: bool, ray_address: str | None) -> None:
+                    no_cache: bool, reference_archs: tuple[str, ...], ray_address: str | None) -> None:
     """Fingerprint registered model NAME (conferrable examples, AKH or SAC).
 
     cae: trains surrogates (on the model's answers) and references (on ground
@@ -116,10 +120,11 @@ def fingerprint_cmd(ctx: Context, name: str, data_spec: str, model_path: Path, s
 
     if method != "cae":
         _zoo_fingerprint(ctx, name, data_spec, model_path, size, method, references or 99,
-                         generation, scheme_spec, epochs, seed, workers, no_cache, ray_address)
+                         generation, scheme_spec, epochs, seed, workers, no_cache, ray_address,
+                         reference_archs)
         return
-    if ray_address is not None:
-        raise InputError("--ray trains the references of --method akh or sac; cae trains locally")
+    if ray_address is not None or reference_archs:
+        raise InputError("--ray and --reference-arch apply to --method akh or sac")
     from registry.log import Registry
 
     base = parse_cae(scheme_spec or "cae")
@@ -195,7 +200,7 @@ def _open_owner(reg: Any, key: Any, name: str, data_spec: str, model_path: Path)
 def _zoo_fingerprint(ctx: Context, name: str, data_spec: str, model_path: Path, size: int,
                      method: str, references: int, generation: int, scheme_spec: str | None,
                      epochs: int | None, seed: int, workers: int | None, no_cache: bool,
-                     ray_address: str | None) -> None:
+                     ray_address: str | None, reference_archs: tuple[str, ...] = ()) -> None:
     """``--method akh|sac``: probes chosen with the zoo, a conformal null of K references."""
     from registry.keys import load_owner_key
     from registry.log import Registry
@@ -217,15 +222,19 @@ def _zoo_fingerprint(ctx: Context, name: str, data_spec: str, model_path: Path, 
         owner = to_trainable(loaded).eval()
         ref = splits.reference if splits.reference is not None else splits.train
         big = len(ref) >= 5000
-        recipe = ZooRecipe(loaded.arch, epochs=epochs or (5 if big else 30),
-                           batch_size=128 if big else 64)
+        archs = list(dict.fromkeys([loaded.arch, *reference_archs]))
+        for a in archs:
+            resolve_arch(a)
+        recipes = [ZooRecipe(a, epochs=epochs or (5 if big else 30), batch_size=128 if big else 64)
+                   for a in archs]
+        recipe = recipes[0]
         zoo = ReferenceZoo(ref.x, ref.y, splits.num_classes,
                            cache_dir=None if no_cache else ctx.home / "cache" / "zoo")
         with model_progress() as progress:
             fp = build_zoo_fingerprint(
                 owner, scheme, owner_arch=loaded.arch,
                 pool_x=torch.cat([splits.train.x, splits.test.x]),
-                pool_y=torch.cat([splits.train.y, splits.test.y]), zoo=zoo, recipes=[recipe],
+                pool_y=torch.cat([splits.train.y, splits.test.y]), zoo=zoo, recipes=recipes,
                 references=references, generation=generation, input_range=splits.input_range,
                 workers=workers or os.cpu_count() or 1, progress=progress, ray_address=ray_address,
             )
@@ -236,8 +245,10 @@ def _zoo_fingerprint(ctx: Context, name: str, data_spec: str, model_path: Path, 
              else "owner's training data (no reference split)")
     click.echo(f"fingerprint:       {fp.probes.scheme} ({fp.selection.candidates} candidates)")
     click.echo(f"committed:         probe set {probeset_id} for {name}, root {fp.probes.root.hex()}")
-    click.echo(f"null:              conformal, K = {fp.null.references} references "
-               f"({recipe.name}) on the {where}; their match rates "
+    groups = ", ".join(f"{k} {a}" for a, k in fp.null.group_sizes.items())
+    click.echo(f"null:              conformal, K = {fp.null.references} references ({groups}; "
+               f"{recipe.name}) on the {where}; their match rates "
                f"{min(scores) / n:.2f}-{max(scores) / n:.2f} (mean {sum(scores) / len(scores) / n:.2f})")
-    click.echo(f"p-value floor:     {fp.null.p_floor:.3g} (1/(K+1); train more references to lower it)")
+    click.echo(f"p-value floor:     {fp.null.p_floor:.3g} (1/(K+1) of the smallest group; train more "
+               "references to lower it)")
     click.echo(f"CPU time:          {fp.cpu_s:.1f} s (references from the zoo cost nothing)")

@@ -103,7 +103,7 @@ def test_akh_and_sac_commit_a_conformal_null(home: Path, method: str, extra: lis
                          "--method", method, *ZOO, *extra)
     assert code == 0, err
     assert f"fingerprint:       {scheme}" in out
-    assert "conformal, K = 9 references (cnn:epochs=4:batch=64" in out
+    assert "conformal, K = 9 references (9 cnn; cnn:epochs=4:batch=64" in out
     assert "p-value floor:     0.1 (1/(K+1)" in out
     with Registry.open(f"sqlite:///{home / 'registry.db'}") as reg:
         info = [p for p in reg.probesets("m1", "fingerprint") if p.scheme == scheme][-1]
@@ -112,6 +112,17 @@ def test_akh_and_sac_commit_a_conformal_null(home: Path, method: str, extra: lis
         assert null["p_floor"] == pytest.approx(0.1) and {m["arch"] for m in null["models"]} == {"cnn"}
         assert info.root.hex() in out
     assert (home / "cache" / "zoo" / "zoo.jsonl").is_file()
+
+
+def test_other_reference_architectures_split_k_and_set_the_floor(home: Path) -> None:
+    code, out, err = run(home, "m1", "--data", "digits", "--model", str(home / "m1.pt2"),
+                         "--method", "sac", *ZOO, "--references", "10", "--reference-arch", "mlp",
+                         "--scheme", "sac-m")
+    assert code == 0, err
+    assert "K = 10 references (5 cnn, 5 mlp;" in out and "p-value floor:     0.167" in out
+    code, _, err = run(home, "m1", "--data", "digits", "--model", str(home / "m1.pt2"),
+                       "--method", "sac", *ZOO, "--reference-arch", "nope")
+    assert code == 2 and "nope" in err
 
 
 def test_a_zoo_method_that_finds_too_few_probes_says_so(home: Path) -> None:
