@@ -57,7 +57,9 @@ SCHEMES: dict[str, type[Scheme]] = {
 
 ALIASES: dict[str, str] = {
     # The scheme recommended against extraction and distillation, from the Fashion-MNIST
-    # measurements in benchmarks/results/robust-fmnist.md (issue 13).
+    # measurements in benchmarks/results/robust-fmnist.md (issue 13): composite keeps the clean
+    # drop within a point and leaves the most after RTAL and fine-pruning, but neither it nor
+    # margin leaves an extracted or distilled copy owned at 1e-6 there.
     "extraction-robust": "composite",
 }
 """Names that stand for a scheme with parameters; the probe set records the scheme's own name."""
