@@ -93,11 +93,12 @@ def _warm_up(splits: Splits, recipe: Recipe) -> None:
         pass
 
 
-def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str]) -> dict[str, Figures]:
-    """Train and measure; the figures per scheme name (with its ``per_batch``)."""
+def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str],
+            first_seed: int = 0) -> dict[str, Figures]:
+    """Train and measure ``seeds`` seeds from ``first_seed``; the figures per scheme (with ``per_batch``)."""
     _warm_up(splits, recipe)
     rows: dict[str, Figures] = {}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         key = WatermarkKey(bytes([seed + 1]) * 32)
         marked: dict[str, tuple[ProbeSet, Run]] = {}
         for spec in schemes:
@@ -158,6 +159,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="digits", choices=BUILTIN)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run from here (to add seeds to an earlier run in another process)")
     ap.add_argument("--schemes", default=",".join(SCHEMES),
                     help=f"comma-separated, from {', '.join(SCHEMES)}")
     ap.add_argument("--arch", default=None, help="default: the data's recipe")
@@ -175,7 +178,7 @@ def main() -> None:
     recipe = Recipe(args.arch or base.arch, args.epochs or base.epochs, args.batch_size or base.batch_size,
                     base.lr, base.schedule)
     load_before = os.getloadavg()[0]
-    rows = measure(splits, recipe, args.seeds, schemes)
+    rows = measure(splits, recipe, args.seeds, schemes, args.first_seed)
     load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     command = shlex.join(["python", "-m", "benchmarks.embed", *sys.argv[1:]])
     text = render(rows, splits, recipe, args.seeds, load, command)
