@@ -44,7 +44,8 @@ from watermark.secret import secret_path
               help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite), "
               "'extraction-robust' (the scheme recommended against model stealing) or 'none'.")
 @click.option("--per-batch", default=None, type=click.IntRange(min=1),
-              help="Watermark probes mixed into each batch. Default: 6 per 100 probes, at least 6 "
+              help="Watermark probes mixed into each batch. Default: the scheme's (margin, composite: 16; "
+              "others 6 per 100 probes, at least 6) "
               f"({default_per_batch(parse_scheme(DEFAULT_WATERMARK).n)} for the default watermark).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the model (.pt2); the watermark secret goes beside it.")
@@ -96,7 +97,7 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
                                data=splits.train, input_range=splits.input_range)
         secret = WatermarkSecret(key=key, probes=probes)
         hook = scheme.hook(probes, key=key, model=model, data=splits.train,
-                           per_batch=per_batch or default_per_batch(len(probes)))
+                           per_batch=per_batch or scheme.default_per_batch(len(probes)))
     cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,

@@ -15,10 +15,8 @@ old 100-probe default at 6 per batch did.
 
 from __future__ import annotations
 
-import math
-
 from core.errors import InputError
-from watermark.schemes.base import Scheme
+from watermark.schemes.base import Scheme, default_per_batch
 from watermark.schemes.composite import CompositeHook, CompositeMark
 from watermark.schemes.content import ContentMark
 from watermark.schemes.margin import MarginHook, MarginMark
@@ -103,11 +101,3 @@ def parse_scheme(spec: str) -> Scheme:
         raise InputError(f"{family}: unsupported parameter(s) {', '.join(kwargs)}") from None
 
 
-def default_per_batch(n: int) -> int:
-    """Probes mixed into each training batch for a set of ``n``: 6 per 100 probes, at least 6.
-
-    6 per batch embeds 100 triggers to 100% in 30 epochs of 64 on ``digits``
-    (``benchmarks/embed.py``); scaling with ``n`` keeps the times each probe
-    is seen per epoch the same for a larger set.
-    """
-    return max(6, math.ceil(6 * n / 100))

@@ -126,6 +126,10 @@ class CompositeMark(Scheme):
         x = compose(data.x[a_idx], data.x[b_idx], torch.tensor([c for _, _, c in fams]))
         return input_range.clip(np.ascontiguousarray(x.numpy(), dtype=np.float32))
 
+    def default_per_batch(self, n: int) -> int:
+        """16 per batch: what this scheme's tests and benchmark embed with (the hook's default)."""
+        return 16
+
     def hook(self, probes: ProbeSet, *, key: WatermarkKey, model: nn.Module, data: Dataset | None,
              per_batch: int = 16) -> CompositeHook:
         """A :class:`CompositeHook` drawing fresh members of the key's families from ``data``."""

@@ -75,6 +75,10 @@ class MarginMark(Scheme):
         assert data is not None
         return input_range.clip(self._select_sources(key, data))
 
+    def default_per_batch(self, n: int) -> int:
+        """16 per batch: what this scheme's tests and benchmark embed with (the hook's default)."""
+        return 16
+
     def hook(self, probes: ProbeSet, *, key: WatermarkKey, model: nn.Module, data: Dataset | None,
              per_batch: int = 16) -> MarginHook:
         """A :class:`MarginHook` taking ``steps`` gradient steps on ``model`` per appended probe."""
