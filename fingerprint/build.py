@@ -142,9 +142,6 @@ def build_fingerprint(
     seeds_y: torch.Tensor,
     num_classes: int,
     query_x: torch.Tensor | None = None,
-    held_out_query_x: torch.Tensor | None = None,
-    other_x: torch.Tensor | None = None,
-    other_y: torch.Tensor | None = None,
     scheme: ConferrableExamples | None = None,
     ensembles: EnsembleConfig | None = None,
     seed: int = 0,
@@ -166,15 +163,8 @@ def build_fingerprint(
         seeds_x: where seed inputs are drawn from (those the owner gets right).
         seeds_y: their labels.
         num_classes: class count.
-        query_x: what the generation surrogates query the owner with
-            (default ``seeds_x``).
-        held_out_query_x: what the held-out surrogates query the owner with
-            (default ``query_x``); ideally data like a thief's.
-        other_x: optional data *other* than the owner's training set; when
-            given, a second group of held-out references per architecture
-            trains on it with ``other_y`` (independent parties have their own
-            data; see the module docstring of :mod:`fingerprint.calibrate`).
-        other_y: ground truth of ``other_x``.
+        query_x: what the surrogates (generation and held-out) query the owner
+            with (default ``seeds_x``).
         scheme: the CAE parameters (default :class:`ConferrableExamples()`).
         ensembles: ensemble sizes (default :class:`EnsembleConfig()`).
         seed: seeds member training, seed choice and dropout: the same seed
@@ -202,10 +192,7 @@ def build_fingerprint(
             return None
         return lambda done, total: progress(name, done, total)
 
-    if (other_x is None) != (other_y is None):
-        raise InputError("other_x and other_y go together")
     query = seeds_x if query_x is None else query_x
-    held_query = query if held_out_query_x is None else held_out_query_x
 
     def members(split: str, name: str, q: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor,
                 surrogates: int) -> list[Member]:
@@ -222,15 +209,9 @@ def build_fingerprint(
     keep = cands.select(scheme.n, scheme.threshold)
     inputs, labels = cands.inputs[keep].contiguous(), cands.labels[keep].contiguous()
 
-    held = members("calibration", "held-out models", held_query, train_x, train_y,
-                   cfg.surrogates)
+    held = members("calibration", "held-out models", query, train_x, train_y, cfg.surrogates)
     hs, hr = _split(held)
     refs: list[tuple[str, Member]] = [(m.spec.arch, m) for m in hr]
-    if other_x is not None and other_y is not None:
-        other = members("calibration-other", "held-out models (other data)", held_query,
-                        other_x, other_y, 0)
-        held = [*held, *other]
-        refs += [(f"{m.spec.arch}:other-data", m) for m in other]
     bits = match_bits([m.module for _, m in refs], inputs, labels)
     groups: dict[str, list[int]] = {}
     for (group, _), row in zip(refs, bits, strict=True):
