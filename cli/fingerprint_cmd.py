@@ -133,20 +133,7 @@ def fingerprint_cmd(ctx: Context, name: str, data_spec: str, model_path: Path, s
                                epochs=epochs or 30)
     key = load_owner_key(ctx.home)
     with Registry.open(ctx.registry_url, create=False) as reg:
-        info = reg.model(name)
-        if info.owner_key_id != key.key_id:
-            raise InputError(f"model {name!r} belongs to another owner key")
-        if not model_path.is_file():
-            raise ModelFileError(f"model file {model_path} does not exist")
-        if file_digest(model_path) != info.file_sha256:
-            raise ModelFileError(f"{model_path} is not the file registered as {name!r} "
-                                 "(SHA-256 differs)")
-        splits = load_data(data_spec)
-        loaded = load_model(model_path)
-        check_input_shape(loaded, splits.input_shape, what=f"data {data_spec}")
-        if loaded.num_classes != splits.num_classes:
-            raise ModelFileError(f"{model_path} has {loaded.num_classes} classes, but data "
-                                 f"{data_spec} has {splits.num_classes}")
+        splits, loaded = _open_owner(reg, key, name, data_spec, model_path)
         owner = to_trainable(loaded).eval()
         seeds_x = torch.cat([splits.train.x, splits.test.x])
         seeds_y = torch.cat([splits.train.y, splits.test.y])
