@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -16,6 +17,7 @@ from cli.progress import interactive
 from core.errors import InputError
 
 _PROTOCOLS = ["auto", "oip", "tfserving", "torchserve", "json"]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @wm.command("verify")
@@ -124,6 +126,29 @@ def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: st
     sys.exit(0 if out["verdict"] == "owned" else 1)
 
 
+def _pin_options(command: _F) -> _F:
+    """The checker's pins, shared by `wm evidence check` and `wm evidence replay`."""
+    for option in reversed([
+        click.option("--owner-key", "owner_key", default=None, metavar="FILE|KEYID",
+                     help="The owner's public key (the owner.pub it published), or its key id. "
+                     "Required."),
+        click.option("--trust-embedded-key", is_flag=True,
+                     help="Demo only: take the key inside the bundle on its word (output says "
+                     "UNTRUSTED)."),
+        click.option("--tsa-ca", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="PEM trust anchor(s) of RFC 3161 time-stamping authorities you accept."),
+        click.option("--witness-key", "witness_keys", multiple=True,
+                     type=click.Path(dir_okay=False, exists=True),
+                     help="Public key file of a witness you accept (repeatable)."),
+        click.option("--suspect-since", default=None, metavar="TIME",
+                     help="ISO 8601 time the suspect existed by: count only probe sets proven "
+                     "committed before it."),
+    ]):
+        command = option(command)
+    return command
+
+
+
 @wm.group("evidence")
 def evidence_group() -> None:
     """Evidence bundles."""
@@ -131,18 +156,7 @@ def evidence_group() -> None:
 
 @evidence_group.command("check")
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--owner-key", "owner_key", default=None, metavar="FILE|KEYID",
-              help="The owner's public key (the owner.pub it published), or its key id. Required.")
-@click.option("--trust-embedded-key", is_flag=True,
-              help="Demo only: take the key inside the bundle on its word (output says UNTRUSTED).")
-@click.option("--tsa-ca", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="PEM trust anchor(s) of RFC 3161 time-stamping authorities you accept.")
-@click.option("--witness-key", "witness_keys", multiple=True,
-              type=click.Path(dir_okay=False, exists=True),
-              help="Public key file of a witness you accept (repeatable).")
-@click.option("--suspect-since", default=None, metavar="TIME",
-              help="ISO 8601 time the suspect existed by: count only probe sets proven "
-                   "committed before it.")
+@_pin_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def evidence_check_cmd(bundle: str, owner_key: str | None, trust_embedded_key: bool,
                        tsa_ca: str | None, witness_keys: tuple[str, ...], suspect_since: str | None,
@@ -182,17 +196,7 @@ def evidence_check_cmd(bundle: str, owner_key: str | None, trust_embedded_key: b
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option("--suspect", required=True, help="The suspect's endpoint URL (as the bundle names it, or "
                                                "where it is served now).")
-@click.option("--owner-key", "owner_key", default=None, metavar="FILE|KEYID",
-              help="The owner's public key (the owner.pub it published), or its key id. Required.")
-@click.option("--trust-embedded-key", is_flag=True,
-              help="Demo only: take the key inside the bundle on its word (output says UNTRUSTED).")
-@click.option("--tsa-ca", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="PEM trust anchor(s) of RFC 3161 time-stamping authorities you accept.")
-@click.option("--witness-key", "witness_keys", multiple=True,
-              type=click.Path(dir_okay=False, exists=True),
-              help="Public key file of a witness you accept (repeatable).")
-@click.option("--suspect-since", default=None, metavar="TIME",
-              help="ISO 8601 time the suspect existed by: count only probe sets proven committed before it.")
+@_pin_options
 @click.option("--protocol", default=None, type=click.Choice(_PROTOCOLS),
               help="Protocol to speak (default: the one the bundle recorded).")
 @click.option("--header", "headers", multiple=True, help="Extra request header 'Name: value'.")
