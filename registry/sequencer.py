@@ -3,15 +3,18 @@
 Every entry signs its own index and the root before it, so an entry can only
 be signed by a writer that holds the log head. With one commit (one WAL
 flush) per append, writers queued on that lock append no faster than one, and
-slower once they contend. Here a writer first queues its record in
-``append_queue`` (a short transaction whose commit need not reach the disk:
-nothing is acknowledged until the log entry is durable), then takes the head
-lock. If another writer holding the same owner key appended the record
-meanwhile, the writer reads back its index and leaves; otherwise it appends
-every queued record of its owner, oldest first, in one transaction and one
-durable commit — group commit, after Trillian's sequencer. A writer that
-finds the head free appends at once (after any queued records), so one
-writer alone pays nothing for the queue.
+slower once they contend. Here a writer that finds the head free appends at
+once (after any queued records), so one writer alone pays nothing for the
+queue. One that finds it held queues its record in ``append_queue`` (a
+commit that need not reach the disk: nothing is acknowledged until the log
+entry is durable) and waits for the holder with ``FOR SHARE``, which the
+waiters share: the holder appends every queued record of its owner, oldest
+first, in one transaction and one durable commit (group commit, after
+Trillian's sequencer), and the writers it served wake together and take their
+tickets back, each in one round trip, without taking the head in turn. A
+record queued too late for that batch is appended by the next holder: the
+waiters try the head without waiting, and the first to get it appends the
+queue.
 
 A queued record carries an HMAC-SHA256 over its DSSE PAE under a key derived
 from the owner's private key, so whoever can write to the database cannot
@@ -29,11 +32,14 @@ import hashlib
 import hmac
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, text
+import psycopg
+from sqlalchemy import Connection, bindparam, delete, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core.canonical import canonical_json, parse_json
-from core.errors import IntegrityError
+from core.errors import IntegrityError, RegistryError
+from registry.db import redact
 from registry.dsse import pae
 from registry.keys import OwnerKey
 from registry.schema import AppendQueueRow
@@ -45,6 +51,25 @@ __all__ = ["QUEUE_BATCH", "append_queued"]
 
 QUEUE_BATCH = 512  # most records appended in one transaction
 _INFO = b"wm.registry.append-queue/v1"
+_TRIES = 3  # rounds of waiting for a batch before a writer queues for the head
+# A ticket, not yet a record: its commit need not reach the disk (set_config(..., true)
+# is SET LOCAL, here in the same round trip as the insert).
+_QUEUE = text(
+    "WITH not_durable AS (SELECT set_config('synchronous_commit', 'off', true)) "
+    "INSERT INTO append_queue (key_id, payload_type, payload, mac) "
+    "SELECT :key_id, :payload_type, :payload, :mac FROM not_durable RETURNING id"
+)
+_QUEUED = (
+    select(AppendQueueRow)
+    .where(AppendQueueRow.key_id == bindparam("key_id"), AppendQueueRow.idx.is_(None))
+    .order_by(AppendQueueRow.id)
+    .limit(QUEUE_BATCH)
+)
+_TAKEN = (
+    delete(AppendQueueRow)
+    .where(AppendQueueRow.id == bindparam("qid"), AppendQueueRow.idx.is_not(None))
+    .returning(AppendQueueRow.idx)
+)
 
 
 def _mac(key: bytes, payload_type: str, body: bytes) -> bytes:
@@ -59,47 +84,93 @@ def append_queued(store: LogStore, owner_key: OwnerKey, payload_type: str, paylo
         RegistryError: the database refused or is unreachable.
     """
     mac_key = owner_key.derive_key(_INFO)
-    with store._writer_session(wait=False) as (s, held):
-        if held:  # nobody else holds the log: append now, after what others queued
-            store._ensure_owner(s, owner_key)
-            _append_queue(store, s, owner_key, mac_key)
-            return store._append(s, owner_key, payload_type, payload)
-        body = canonical_json(payload)
-        s.execute(text("SET LOCAL synchronous_commit TO OFF"))  # a ticket, not yet a record
-        qid = s.execute(
-            insert(AppendQueueRow)
-            .values(key_id=owner_key.key_id, payload_type=payload_type, payload=body,
-                    mac=_mac(mac_key, payload_type, body))
-            .returning(AppendQueueRow.id)
-        ).scalar_one()
-    taken = (
-        delete(AppendQueueRow)
-        .where(AppendQueueRow.id == qid, AppendQueueRow.idx.is_not(None))
-        .returning(AppendQueueRow.idx)
-    )
-    index: int | None = None
-    while index is None:
-        with store._writing() as s:
-            index = s.execute(taken).scalar()
-            if index is None:
+    try:
+        conn = store._writer.connect()  # one connection (one pool check-out) for every step
+    except OperationalError as exc:
+        raise RegistryError(f"registry {redact(store.url)}: {_reason(exc)}") from exc
+    with conn:
+        with store._writer_session(wait=False, bind=conn) as (s, held):
+            if held:  # nobody else holds the log: append now, after what others queued
                 store._ensure_owner(s, owner_key)
                 _append_queue(store, s, owner_key, mac_key)
-                index = s.execute(taken).scalar()
-            else:
-                s.execute(text("SET LOCAL synchronous_commit TO OFF"))  # it only took its ticket back
+                return store._append(s, owner_key, payload_type, payload)
+            body = canonical_json(payload)
+            qid = s.execute(_QUEUE, {"key_id": owner_key.key_id, "payload_type": payload_type,
+                                     "payload": body, "mac": _mac(mac_key, payload_type, body)}
+                            ).scalar_one()
+        index = _appended(store, conn, owner_key, mac_key, qid)
     if index < 0:
         raise IntegrityError("the queued record was altered in the database before it was appended")
     return index
 
 
+def _appended(store: LogStore, conn: Connection, owner_key: OwnerKey, mac_key: bytes, qid: int) -> int:
+    """Wait until ticket ``qid`` is appended, appending the queue when the head is free; its index.
+
+    A writer waits for the head's holder with ``FOR SHARE``, which the waiters
+    share, so every writer whose record that holder appended wakes at once and
+    takes its ticket back without taking the head in turn. One whose record
+    came too late for that batch tries the head without waiting: the first to
+    get it appends the queue, the others wait for it. After :data:`_TRIES`
+    such rounds a writer queues for the head like any other, so it cannot be
+    passed over for ever (each holder appends up to :data:`QUEUE_BATCH`
+    records, oldest first).
+    """
+    attempt = 0
+    while True:
+        index = _taken_after_batch(store, conn, qid)
+        if index is not None:
+            return index
+        with store._writer_session(wait=attempt >= _TRIES, bind=conn) as (s, held):
+            if held:
+                store._ensure_owner(s, owner_key)
+                _append_queue(store, s, owner_key, mac_key)
+                index = s.execute(_TAKEN, {"qid": qid}).scalar()
+                if index is not None:
+                    return index
+        attempt += 1
+
+
+def _taken_after_batch(store: LogStore, conn: Connection, qid: int) -> int | None:
+    """Wait until no writer holds the log head, then take ticket ``qid`` back if it was appended.
+
+    One round trip: the three statements go as one simple query, which
+    PostgreSQL runs as one implicit transaction, each statement with a fresh
+    snapshot (so the ``DELETE`` sees the batch the wait waited for).
+    """
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    query = (
+        "SELECT 1 FROM log_head WHERE id = 1 FOR SHARE; "  # shared with the other waiters
+        "SET LOCAL synchronous_commit TO OFF; "  # it only takes its ticket back
+        f"DELETE FROM append_queue WHERE id = {int(qid)} AND idx IS NOT NULL RETURNING idx"
+    )
+    try:
+        raw.autocommit = True
+        try:
+            with raw.cursor() as cur:
+                cur.execute(query)
+                while cur.nextset():
+                    pass
+                row = cur.fetchone()
+        finally:
+            if not raw.closed:
+                raw.autocommit = False
+    except psycopg.Error as exc:
+        conn.invalidate()
+        raise RegistryError(f"registry {redact(store.url)}: {str(exc).strip().splitlines()[0]}") from exc
+    return None if row is None else int(row[0])
+
+
+def _reason(exc: OperationalError) -> str:
+    from registry.store import db_reason
+
+    return db_reason(exc)
+
+
 def _append_queue(store: LogStore, s: Session, owner_key: OwnerKey, mac_key: bytes) -> None:
     """Append the owner's queued records, oldest first (inside the writer transaction)."""
-    rows = s.scalars(
-        select(AppendQueueRow)
-        .where(AppendQueueRow.key_id == owner_key.key_id, AppendQueueRow.idx.is_(None))
-        .order_by(AppendQueueRow.id)
-        .limit(QUEUE_BATCH)
-    ).all()
+    rows = s.scalars(_QUEUED, {"key_id": owner_key.key_id}).all()
     for r in rows:
         body = bytes(r.payload)
         r.idx = -1  # refused unless it is the owner's, intact

@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -47,6 +47,8 @@ from registry.records import (
     OwnerInfo,
 )
 from registry.schema import CheckpointRow, LogEntryRow, LogHead, MerkleNodeRow, OwnerRow
+
+_HEAD_IF_FREE = select(LogHead).where(LogHead.id == 1).with_for_update(skip_locked=True)
 
 __all__ = ["LogStore"]
 
@@ -120,20 +122,22 @@ class LogStore:
             yield s
 
     @contextmanager
-    def _writer_session(self, *, wait: bool) -> Iterator[tuple[Session, bool]]:
+    def _writer_session(
+        self, *, wait: bool, bind: Connection | None = None
+    ) -> Iterator[tuple[Session, bool]]:
         """A writer transaction and whether it holds the log head (always, unless ``wait=False``
-        on PostgreSQL finds another writer holding it)."""
+        on PostgreSQL finds another writer holding it); on ``bind`` if given, else on a
+        connection from the pool."""
         try:
             with (
                 self._lock.held() if self._lock is not None else nullcontext(),
-                Session(self._writer, expire_on_commit=False) as s,
+                Session(bind if bind is not None else self._writer, expire_on_commit=False) as s,
                 s.begin(),
             ):
                 # PostgreSQL: the row lock on the head serialises writers (SQLite: BEGIN
                 # IMMEDIATE), so every check-then-insert in the transaction is race-free.
                 if self._pg and not wait:
-                    q = select(LogHead).where(LogHead.id == 1).with_for_update(skip_locked=True)
-                    held = s.scalar(q) is not None
+                    held = s.scalar(_HEAD_IF_FREE) is not None
                 else:
                     held = s.get(LogHead, 1, with_for_update=self._pg) is not None
                 yield s, held
