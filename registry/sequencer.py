@@ -33,7 +33,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sqlalchemy import Connection, bindparam, delete, select, text
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -51,13 +51,14 @@ __all__ = ["QUEUE_BATCH", "append_queued"]
 
 QUEUE_BATCH = 512  # most records appended in one transaction
 _INFO = b"wm.registry.append-queue/v1"
+_SWEEPS = 3  # looks at the queue per append transaction
 _TRIES = 3  # rounds of waiting for a batch before a writer queues for the head
 # A ticket, not yet a record: its commit need not reach the disk (set_config(..., true)
-# is SET LOCAL, here in the same round trip as the insert).
-_QUEUE = text(
+# is SET LOCAL, here in the same statement, so the same round trip, as the insert).
+_QUEUE = (
     "WITH not_durable AS (SELECT set_config('synchronous_commit', 'off', true)) "
     "INSERT INTO append_queue (key_id, payload_type, payload, mac) "
-    "SELECT :key_id, :payload_type, :payload, :mac FROM not_durable RETURNING id"
+    "SELECT %s, %s, %s, %s FROM not_durable RETURNING id"
 )
 _QUEUED = (
     select(AppendQueueRow)
@@ -89,15 +90,20 @@ def append_queued(store: LogStore, owner_key: OwnerKey, payload_type: str, paylo
     except OperationalError as exc:
         raise RegistryError(f"registry {redact(store.url)}: {_reason(exc)}") from exc
     with conn:
-        with store._writer_session(wait=False, bind=conn) as (s, held):
-            if held:  # nobody else holds the log: append now, after what others queued
-                store._ensure_owner(s, owner_key)
-                _append_queue(store, s, owner_key, mac_key)
-                return store._append(s, owner_key, payload_type, payload)
-            body = canonical_json(payload)
-            qid = s.execute(_QUEUE, {"key_id": owner_key.key_id, "payload_type": payload_type,
-                                     "payload": body, "mac": _mac(mac_key, payload_type, body)}
-                            ).scalar_one()
+        # Alone, a writer tries the head straight away; once it has found the head held, it
+        # first looks (one round trip, cheaper than a session) until it gets the head again.
+        if not store._contended or _one_round_trip(store, conn, _HEAD_HELD) is None:
+            with store._writer_session(wait=False, bind=conn) as (s, held):
+                store._contended = not held
+                if held:  # nobody else holds the log: append now, after what others queued
+                    store._ensure_owner(s, owner_key)
+                    _append_queue(store, s, owner_key, mac_key)
+                    return store._append(s, owner_key, payload_type, payload)
+        body = canonical_json(payload)
+        row = _one_round_trip(store, conn, _QUEUE,
+                              (owner_key.key_id, payload_type, body, _mac(mac_key, payload_type, body)))
+        assert row is not None
+        qid = int(row[0])
         index = _appended(store, conn, owner_key, mac_key, qid)
     if index < 0:
         raise IntegrityError("the queued record was altered in the database before it was appended")
@@ -110,56 +116,74 @@ def _appended(store: LogStore, conn: Connection, owner_key: OwnerKey, mac_key: b
     A writer waits for the head's holder with ``FOR SHARE``, which the waiters
     share, so every writer whose record that holder appended wakes at once and
     takes its ticket back without taking the head in turn. One whose record
-    came too late for that batch tries the head without waiting: the first to
-    get it appends the queue, the others wait for it. After :data:`_TRIES`
-    such rounds a writer queues for the head like any other, so it cannot be
-    passed over for ever (each holder appends up to :data:`QUEUE_BATCH`
-    records, oldest first).
+    came too late for that batch looks whether the head is free (one round
+    trip, no lock kept): if it is, it tries to take it without waiting and
+    appends the queue; if another writer has it, it waits for that one. After
+    :data:`_TRIES` such rounds a writer queues for the head like any other, so
+    it cannot be passed over for ever (each holder appends up to
+    :data:`QUEUE_BATCH` records, oldest first).
     """
+    take = (
+        "SELECT 1 FROM log_head WHERE id = 1 FOR SHARE; "  # shared with the other waiters
+        "SET LOCAL synchronous_commit TO OFF; "  # it only takes its ticket back
+        f"DELETE FROM append_queue WHERE id = {int(qid)} AND idx IS NOT NULL RETURNING idx"
+    )
     attempt = 0
     while True:
-        index = _taken_after_batch(store, conn, qid)
-        if index is not None:
-            return index
+        row = _one_round_trip(store, conn, take)
+        if row is not None:
+            return int(row[0])
+        if attempt < _TRIES and _one_round_trip(store, conn, _HEAD_HELD) is not None:
+            attempt += 1
+            continue  # another writer holds the head: wait for it
         with store._writer_session(wait=attempt >= _TRIES, bind=conn) as (s, held):
             if held:
                 store._ensure_owner(s, owner_key)
                 _append_queue(store, s, owner_key, mac_key)
                 index = s.execute(_TAKEN, {"qid": qid}).scalar()
                 if index is not None:
-                    return index
+                    return int(index)
         attempt += 1
 
 
-def _taken_after_batch(store: LogStore, conn: Connection, qid: int) -> int | None:
-    """Wait until no writer holds the log head, then take ticket ``qid`` back if it was appended.
+# Whether another writer holds the head (a row), without waiting or keeping a lock.
+_HEAD_HELD = (
+    "BEGIN; "
+    "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE SKIP LOCKED); "
+    "ROLLBACK"
+)
 
-    One round trip: the three statements go as one simple query, which
-    PostgreSQL runs as one implicit transaction, each statement with a fresh
-    snapshot (so the ``DELETE`` sees the batch the wait waited for).
+
+def _one_round_trip(store: LogStore, conn: Connection, query: str,
+                    params: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:
+    """Run ``query`` in one round trip, outside any transaction of SQLAlchemy's; the first row
+    of the last result that has rows, or None.
+
+    Without ``params`` it goes as one simple query, whose statements
+    PostgreSQL runs as one implicit transaction (unless they say ``BEGIN``),
+    each with a fresh snapshot, so a statement after a lock wait sees what the
+    writer it waited for committed. With ``params`` it is one statement.
     """
     raw = conn.connection.driver_connection
     assert raw is not None
-    query = (
-        "SELECT 1 FROM log_head WHERE id = 1 FOR SHARE; "  # shared with the other waiters
-        "SET LOCAL synchronous_commit TO OFF; "  # it only takes its ticket back
-        f"DELETE FROM append_queue WHERE id = {int(qid)} AND idx IS NOT NULL RETURNING idx"
-    )
+    row: tuple[Any, ...] | None = None
     try:
         raw.autocommit = True
         try:
             with raw.cursor() as cur:
-                cur.execute(query)
-                while cur.nextset():
-                    pass
-                row = cur.fetchone()
+                cur.execute(query, params)
+                while True:
+                    if cur.pgresult is not None and cur.pgresult.status == psycopg.pq.ExecStatus.TUPLES_OK:
+                        row = cur.fetchone()
+                    if not cur.nextset():
+                        break
         finally:
             if not raw.closed:
                 raw.autocommit = False
     except psycopg.Error as exc:
         conn.invalidate()
         raise RegistryError(f"registry {redact(store.url)}: {str(exc).strip().splitlines()[0]}") from exc
-    return None if row is None else int(row[0])
+    return row
 
 
 def _reason(exc: OperationalError) -> str:
@@ -169,11 +193,19 @@ def _reason(exc: OperationalError) -> str:
 
 
 def _append_queue(store: LogStore, s: Session, owner_key: OwnerKey, mac_key: bytes) -> None:
-    """Append the owner's queued records, oldest first (inside the writer transaction)."""
-    rows = s.scalars(_QUEUED, {"key_id": owner_key.key_id}).all()
-    for r in rows:
-        body = bytes(r.payload)
-        r.idx = -1  # refused unless it is the owner's, intact
-        if hmac.compare_digest(bytes(r.mac), _mac(mac_key, r.payload_type, body)):
-            record = parse_json(body, what="a queued record")  # the owner's own canonical JSON
-            r.idx = store._append(s, owner_key, r.payload_type, record)
+    """Append the owner's queued records, oldest first (inside the writer transaction).
+
+    Looks again before the commit for records queued meanwhile (up to
+    :data:`_SWEEPS` times), so that their writers, waiting for this one,
+    find them appended instead of having to take the head next.
+    """
+    for _ in range(_SWEEPS):
+        rows = s.scalars(_QUEUED, {"key_id": owner_key.key_id}).all()  # flushes the last sweep
+        if not rows:
+            return
+        for r in rows:
+            body = bytes(r.payload)
+            r.idx = -1  # refused unless it is the owner's, intact
+            if hmac.compare_digest(bytes(r.mac), _mac(mac_key, r.payload_type, body)):
+                record = parse_json(body, what="a queued record")  # the owner's own canonical JSON
+                r.idx = store._append(s, owner_key, r.payload_type, record)

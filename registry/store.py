@@ -67,6 +67,7 @@ class LogStore:
         path = sqlite_path(url)
         self._lock = WriterLock(path) if path is not None else None
         self._owners: dict[str, int] = {}
+        self._contended = False  # the last append found the head held (a hint for the sequencer)
         with self._reading() as s:
             head = s.get(LogHead, 1)
             if head is None:
