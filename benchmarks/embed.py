@@ -41,10 +41,10 @@ from watermark import WatermarkHook, WatermarkKey, parse_scheme
 
 # (scheme, probes mixed into each batch): 100 triggers (the old default), and Zhang et al.'s
 # in-distribution marks, which need more of them to be learnt.
-SCHEMES = {"trigger-set": 6, "trigger-set:pattern=abstract": 12, "content": 12, "noise": 12,
+SCHEMES: dict[str, int | None] = {"trigger-set": 6, "trigger-set:pattern=abstract": 12, "content": 12, "noise": 12,
            "unrelated": 12,
-           # wm train's default (watermark.DEFAULT_WATERMARK) at its default_per_batch
-           "trigger-set:n=300": 18}
+           # wm train's default (watermark.DEFAULT_WATERMARK) at its default_per_batch for the run
+           "trigger-set:n=300": None}
 
 
 @dataclass
@@ -105,8 +105,10 @@ def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str],
             scheme = parse_scheme(spec)
             probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                                    data=splits.train, input_range=splits.input_range)
-            marked[f"{scheme.name} (per_batch={SCHEMES[spec]})"] = (
-                probes, _run(splits, recipe, seed, probes, SCHEMES[spec]))
+            steps = recipe.epochs * -(-len(splits.train) // recipe.batch_size)
+            per_batch = SCHEMES.get(spec) or scheme.default_per_batch(len(probes), steps)
+            marked[f"{scheme.name} (per_batch={per_batch})"] = (
+                probes, _run(splits, recipe, seed, probes, per_batch))
         clean = _run(splits, recipe, seed, None, 0)
         runs = [clean, *(run for _, run in marked.values())]
         for epoch in range(recipe.epochs):

@@ -23,6 +23,7 @@ from watermark import (
     parse_scheme,
     write_secret,
 )
+from watermark.schemes.base import EXPOSURES
 from watermark.secret import secret_path
 
 
@@ -45,8 +46,10 @@ from watermark.secret import secret_path
               "'extraction-robust' (the scheme recommended against model stealing) or 'none'.")
 @click.option("--per-batch", default=None, type=click.IntRange(min=1),
               help="Watermark probes mixed into each batch. Default: the scheme's (margin, composite: 16; "
-              "others 6 per 100 probes, at least 6) "
-              f"({default_per_batch(parse_scheme(DEFAULT_WATERMARK).n)} for the default watermark).")
+              f"others enough for each probe to be seen {EXPOSURES} times over the run, at most 6 per 100 "
+              f"probes: {default_per_batch(parse_scheme(DEFAULT_WATERMARK).n, 450)} for the default "
+              f"watermark on digits, {default_per_batch(parse_scheme(DEFAULT_WATERMARK).n, 2350)} on "
+              "fashion-mnist).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the model (.pt2); the watermark secret goes beside it.")
 @click.option("--register", "register_name", default=None, metavar="NAME",
@@ -96,8 +99,9 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                                data=splits.train, input_range=splits.input_range)
         secret = WatermarkSecret(key=key, probes=probes)
+        steps = epochs * -(-len(splits.train) // batch_size)  # batches in the whole run
         hook = scheme.hook(probes, key=key, model=model, data=splits.train,
-                           per_batch=per_batch or scheme.default_per_batch(len(probes)))
+                           per_batch=per_batch or scheme.default_per_batch(len(probes), steps))
     cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
@@ -117,7 +121,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
     if secret is not None:
         wm_acc = accuracy(model, secret.probes.inputs, secret.probes.expected)
         path = write_secret(secret_path(out_path), secret)
-        click.echo(f"watermark:         {secret.probes.scheme}")
+        assert hook is not None
+        click.echo(f"watermark:         {secret.probes.scheme}, {hook.per_batch} per batch")
         click.echo(f"watermark accuracy: {wm_acc:.4f} on {len(secret.probes)} probes "
                    f"(chance {1 / splits.num_classes:.2f})")
         click.echo(f"watermark secret:  {path} (keep it private)")

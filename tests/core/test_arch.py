@@ -23,7 +23,7 @@ def clean_registry() -> Iterator[None]:
     ARCHITECTURES.update(before)
 
 
-@pytest.mark.parametrize("name", ["cnn", "cnn-wide", "convnet", "resnet", "mlp", "mlp-wide"])
+@pytest.mark.parametrize("name", ["cnn", "cnn-wide", "convnet", "resnet", "resnet-wide", "mlp", "mlp-wide"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (2, 13, 7)])
 def test_builtins_take_any_image_size(name: str, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)

@@ -202,3 +202,20 @@ def test_shape_mismatch_with_the_data_and_unusual_ranks() -> None:
     with pytest.raises(InputError, match=r"abstract triggers need \[C, H, W\] or \[D\] inputs, got \[4, 5\]"):
         TriggerSet(n=5, pattern="abstract").probes(WatermarkKey(b"\x01" * 32), num_classes=3,
                                                    input_shape=(4, 5))
+
+
+def test_default_per_batch_scales_with_the_training_run() -> None:
+    """Each probe is seen at least EXPOSURES times where the run is known, never more per batch
+    than 6 per 100 probes, and never fewer than 2."""
+    from watermark.schemes.base import EXPOSURES, default_per_batch
+
+    assert default_per_batch(100) == 6 and default_per_batch(300) == 18 and default_per_batch(10) == 6
+    assert default_per_batch(300, 30 * 15) == 18  # digits: 30 epochs of 15 batches, capped
+    assert default_per_batch(300, 10 * 235) == 9  # Fashion-MNIST: 10 epochs of 235 batches
+    assert default_per_batch(100, 10**6) == 2
+    for n in (1, 50, 300, 1000):
+        for steps in (10, 450, 2350, 50_000):
+            k = default_per_batch(n, steps)
+            assert 2 <= k <= max(6, -(-6 * n // 100))
+            assert k * steps >= EXPOSURES * n or k == max(6, -(-6 * n // 100))
+    assert parse_scheme("margin").default_per_batch(300, 2350) == 16

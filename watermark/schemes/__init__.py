@@ -9,8 +9,8 @@ Every probe sent to a suspect is spent for good; an owned copy costs about 10
 of them at 1e-9 and an innocent one about 16 (the futility rule of
 :mod:`verifier.futility`), so 100 probes checked one innocent model and 300
 check ten innocent and three derived ones (``benchmarks/verifier.py``).
-:func:`default_per_batch` keeps each probe seen as often per epoch as the
-old 100-probe default at 6 per batch did.
+:func:`default_per_batch` has each probe seen at least as often over a
+training run as the old 100-probe default at 6 per batch was on ``digits``.
 """
 
 from __future__ import annotations

@@ -31,17 +31,34 @@ from core.probeset import SALT_SIZE, Binomial, ProbeSet
 from watermark.hook import WatermarkHook
 from watermark.keys import WatermarkKey
 
-__all__ = ["Scheme", "default_per_batch"]
+__all__ = ["EXPOSURES", "Scheme", "default_per_batch"]
 
 
-def default_per_batch(n: int) -> int:
-    """Probes mixed into each training batch for a set of ``n``: 6 per 100 probes, at least 6.
+EXPOSURES = 70
+"""Times :func:`default_per_batch` has each probe seen over a training run, where the run is known.
 
-    6 per batch embeds 100 triggers to 100% in 30 epochs of 64 on ``digits``
-    (``benchmarks/embed.py``); scaling with ``n`` keeps the times each probe
-    is seen per epoch the same for a larger set.
+Measured on Fashion-MNIST (``convnet``, 10 epochs of 235 batches, 300 noise
+triggers, one seed): seen 47 times each (6 per batch) the marked model
+recalled 97.0% of them, 78 times (10 per batch) 100%.
+"""
+
+
+def default_per_batch(n: int, steps: int | None = None) -> int:
+    """Probes mixed into each training batch for a set of ``n`` over ``steps`` training batches.
+
+    At most 6 per 100 probes (at least 6): 6 per batch embeds 100 triggers to
+    100% in 30 epochs of 64 on ``digits`` (450 batches, each probe seen 27
+    times; ``benchmarks/embed.py``), and scaling with ``n`` keeps that for a
+    larger set. A longer run needs fewer per batch for each probe to be seen
+    as often as it needs: where ``steps`` (epochs x batches per epoch) is
+    known, just enough for :data:`EXPOSURES` sightings each, at least 2. On
+    Fashion-MNIST (10 epochs of 235 batches) that is 9 per batch for 300
+    probes, not 18: half the extra training cost.
     """
-    return max(6, math.ceil(6 * n / 100))
+    cap = max(6, math.ceil(6 * n / 100))
+    if steps is None:
+        return cap
+    return min(cap, max(2, math.ceil(EXPOSURES * n / max(1, steps))))
 
 
 class Scheme(ABC):
@@ -128,14 +145,14 @@ class Scheme(ABC):
             derivation_key=derivation_key,
         )
 
-    def default_per_batch(self, n: int) -> int:
-        """Examples :meth:`hook` appends to each batch unless told otherwise, for a set of ``n``.
+    def default_per_batch(self, n: int, steps: int | None = None) -> int:
+        """Examples :meth:`hook` appends to each batch unless told otherwise, for a set of ``n``
+        over ``steps`` training batches (where known).
 
-        Here 6 per 100 probes, at least 6 (see
-        :func:`watermark.schemes.default_per_batch`); schemes whose hook trains
-        differently (fresh composites, margin steps) say their own.
+        Here :func:`watermark.schemes.default_per_batch`; schemes whose hook
+        trains differently (fresh composites, margin steps) say their own.
         """
-        return default_per_batch(n)
+        return default_per_batch(n, steps)
 
     def hook(self, probes: ProbeSet, *, key: WatermarkKey, model: nn.Module, data: Dataset | None,
              per_batch: int = 6) -> WatermarkHook:

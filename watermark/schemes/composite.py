@@ -126,8 +126,8 @@ class CompositeMark(Scheme):
         x = compose(data.x[a_idx], data.x[b_idx], torch.tensor([c for _, _, c in fams]))
         return input_range.clip(np.ascontiguousarray(x.numpy(), dtype=np.float32))
 
-    def default_per_batch(self, n: int) -> int:
-        """16 per batch: what this scheme's tests and benchmark embed with (the hook's default)."""
+    def default_per_batch(self, n: int, steps: int | None = None) -> int:
+        """16 per batch, whatever the run: what this scheme's tests and benchmark embed with."""
         return 16
 
     def hook(self, probes: ProbeSet, *, key: WatermarkKey, model: nn.Module, data: Dataset | None,

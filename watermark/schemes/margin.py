@@ -75,8 +75,8 @@ class MarginMark(Scheme):
         assert data is not None
         return input_range.clip(self._select_sources(key, data))
 
-    def default_per_batch(self, n: int) -> int:
-        """16 per batch: what this scheme's tests and benchmark embed with (the hook's default)."""
+    def default_per_batch(self, n: int, steps: int | None = None) -> int:
+        """16 per batch, whatever the run: what this scheme's tests and benchmark embed with."""
         return 16
 
     def hook(self, probes: ProbeSet, *, key: WatermarkKey, model: nn.Module, data: Dataset | None,
