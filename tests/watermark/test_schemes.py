@@ -211,7 +211,7 @@ def test_default_per_batch_scales_with_the_training_run() -> None:
 
     assert default_per_batch(100) == 6 and default_per_batch(300) == 18 and default_per_batch(10) == 6
     assert default_per_batch(300, 30 * 15) == 18  # digits: 30 epochs of 15 batches, capped
-    assert default_per_batch(300, 10 * 235) == 9  # Fashion-MNIST: 10 epochs of 235 batches
+    assert default_per_batch(300, 10 * 235) == 12  # Fashion-MNIST: 10 epochs of 235 batches
     assert default_per_batch(100, 10**6) == 2
     for n in (1, 50, 300, 1000):
         for steps in (10, 450, 2350, 50_000):

@@ -34,12 +34,13 @@ from watermark.keys import WatermarkKey
 __all__ = ["EXPOSURES", "Scheme", "default_per_batch"]
 
 
-EXPOSURES = 70
+EXPOSURES = 90
 """Times :func:`default_per_batch` has each probe seen over a training run, where the run is known.
 
 Measured on Fashion-MNIST (``convnet``, 10 epochs of 235 batches, 300 noise
-triggers, one seed): seen 47 times each (6 per batch) the marked model
-recalled 97.0% of them, 78 times (10 per batch) 100%.
+triggers; ``benchmarks/embed.py``): seen 47 times each (6 per batch) the
+marked model recalled 97.0% of them; 70 times (9 per batch) 95.3% and 100.0%
+with two keys; 78 (10 per batch) and 94 (12 per batch) 100%.
 """
 
 
@@ -52,8 +53,8 @@ def default_per_batch(n: int, steps: int | None = None) -> int:
     larger set. A longer run needs fewer per batch for each probe to be seen
     as often as it needs: where ``steps`` (epochs x batches per epoch) is
     known, just enough for :data:`EXPOSURES` sightings each, at least 2. On
-    Fashion-MNIST (10 epochs of 235 batches) that is 9 per batch for 300
-    probes, not 18: half the extra training cost.
+    Fashion-MNIST (10 epochs of 235 batches) that is 12 per batch for 300
+    probes, not 18: two thirds of the extra training cost.
     """
     cap = max(6, math.ceil(6 * n / 100))
     if steps is None:
