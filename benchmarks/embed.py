@@ -37,14 +37,17 @@ from core.arch import build_model
 from core.data import BUILTIN, Dataset, Splits, load_data
 from core.probeset import ProbeSet
 from core.training import Recipe, accuracy, default_recipe, training_epochs
-from watermark import WatermarkHook, WatermarkKey, parse_scheme
+from watermark import WatermarkHook, WatermarkKey, keeps_batch_size, parse_scheme
 
 # (scheme, probes mixed into each batch): 100 triggers (the old default), and Zhang et al.'s
 # in-distribution marks, which need more of them to be learnt.
-SCHEMES: dict[str, int | None] = {"trigger-set": 6, "trigger-set:pattern=abstract": 12, "content": 12, "noise": 12,
-           "unrelated": 12,
-           # wm train's default (watermark.DEFAULT_WATERMARK) at its default_per_batch for the run
-           "trigger-set:n=300": None}
+# Probes are appended, or put in place of as many examples where wm train does that
+# (watermark.keeps_batch_size: at most a tenth of the batch).
+SCHEMES: dict[str, int | None] = {
+    "trigger-set": 6, "trigger-set:pattern=abstract": 12, "content": 12, "noise": 12, "unrelated": 12,
+    # wm train's default (watermark.DEFAULT_WATERMARK) at its default_per_batch for the run
+    "trigger-set:n=300": None,
+}
 
 
 @dataclass
@@ -78,7 +81,10 @@ class Figures:
 def _run(splits: Splits, recipe: Recipe, seed: int, probes: ProbeSet | None, per_batch: int) -> Run:
     torch.manual_seed(seed)
     model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
-    hook = WatermarkHook(probes, per_batch) if probes is not None else None
+    hook = None
+    if probes is not None:
+        hook = WatermarkHook(probes, per_batch,
+                             keep_batch_size=keeps_batch_size(per_batch, recipe.batch_size))
     steps = training_epochs(model, splits.train.x, splits.train.y, epochs=recipe.epochs, seed=seed,
                             batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule,
                             hook=hook)
@@ -107,7 +113,8 @@ def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str],
                                    data=splits.train, input_range=splits.input_range)
             steps = recipe.epochs * -(-len(splits.train) // recipe.batch_size)
             per_batch = SCHEMES.get(spec) or scheme.default_per_batch(len(probes), steps)
-            marked[f"{scheme.name} (per_batch={per_batch})"] = (
+            placed = ", in place" if keeps_batch_size(per_batch, recipe.batch_size) else ""
+            marked[f"{scheme.name} (per_batch={per_batch}{placed})"] = (
                 probes, _run(splits, recipe, seed, probes, per_batch))
         clean = _run(splits, recipe, seed, None, 0)
         runs = [clean, *(run for _, run in marked.values())]

@@ -20,6 +20,7 @@ from watermark import (
     WatermarkKey,
     WatermarkSecret,
     default_per_batch,
+    keeps_batch_size,
     parse_scheme,
     write_secret,
 )
@@ -49,7 +50,8 @@ from watermark.secret import secret_path
               f"others enough for each probe to be seen {EXPOSURES} times over the run, at most 6 per 100 "
               f"probes: {default_per_batch(parse_scheme(DEFAULT_WATERMARK).n, 450)} for the default "
               f"watermark on digits, {default_per_batch(parse_scheme(DEFAULT_WATERMARK).n, 2350)} on "
-              "fashion-mnist).")
+              "fashion-mnist). Where they are at most a tenth of the batch they take the place of "
+              "as many examples (the batch keeps its size and cost); otherwise they are appended.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the model (.pt2); the watermark secret goes beside it.")
 @click.option("--register", "register_name", default=None, metavar="NAME",
@@ -102,6 +104,7 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         steps = epochs * -(-len(splits.train) // batch_size)  # batches in the whole run
         hook = scheme.hook(probes, key=key, model=model, data=splits.train,
                            per_batch=per_batch or scheme.default_per_batch(len(probes), steps))
+        hook.keep_batch_size = keeps_batch_size(hook.per_batch, batch_size)
     cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
@@ -122,7 +125,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         wm_acc = accuracy(model, secret.probes.inputs, secret.probes.expected)
         path = write_secret(secret_path(out_path), secret)
         assert hook is not None
-        click.echo(f"watermark:         {secret.probes.scheme}, {hook.per_batch} per batch")
+        placed = "in place of as many examples" if hook.keep_batch_size else "appended"
+        click.echo(f"watermark:         {secret.probes.scheme}, {hook.per_batch} per batch, {placed}")
         click.echo(f"watermark accuracy: {wm_acc:.4f} on {len(secret.probes)} probes "
                    f"(chance {1 / splits.num_classes:.2f})")
         click.echo(f"watermark secret:  {path} (keep it private)")

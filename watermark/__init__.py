@@ -20,6 +20,7 @@ from watermark.schemes import (
     TriggerSet,
     UnrelatedMark,
     default_per_batch,
+    keeps_batch_size,
     parse_scheme,
 )
 from watermark.secret import WatermarkSecret, read_secret, write_secret
@@ -37,6 +38,7 @@ __all__ = [
     "WatermarkKey",
     "WatermarkSecret",
     "default_per_batch",
+    "keeps_batch_size",
     "parse_scheme",
     "read_secret",
     "write_secret",

@@ -41,6 +41,17 @@ def test_train_writes_model_and_secret(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(secret_path(out)).st_mode) == 0o600
     assert accuracy(model, secret.probes.inputs, secret.probes.expected) == pytest.approx(printed, abs=1e-4)
     assert secret.key.secret.hex() not in stdout
+    assert "watermark:         trigger-set:n=300:pattern=noise, 18 per batch, appended\n" in stdout
+
+
+def test_train_puts_few_probes_in_place_of_examples(tmp_path: Path) -> None:
+    """6 probes in batches of 200 are a tenth or less: they take the place of 6 examples."""
+    out = tmp_path / "m.pt2"
+    code, stdout, _ = run("train", "--epochs", "2", "--batch-size", "200", "--per-batch", "6",
+                          "--watermark", "trigger-set:n=20", "--out", str(out), home=tmp_path)
+    assert code == 0, stdout
+    line = "watermark:         trigger-set:n=20:pattern=noise, 6 per batch, in place of as many examples"
+    assert line + "\n" in stdout
 
 
 def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:

@@ -209,7 +209,7 @@ def test_wm_train_extraction_robust_selects_the_recommended_scheme(tmp_path) -> 
     r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--epochs", "30", "--per-batch", "16",
                                 "--watermark", "extraction-robust", "--out", str(out)])
     assert r.exit_code == 0, r.stdout + r.stderr
-    assert f"watermark:         {recommended.name}, 16 per batch\n" in r.stdout
+    assert f"watermark:         {recommended.name}, 16 per batch, appended\n" in r.stdout
     printed = float(re.search(r"watermark accuracy: ([0-9.]+) on", r.stdout).group(1))  # type: ignore[union-attr]
     assert printed >= 0.9 and read_secret(secret_path(out)).probes.scheme == recommended.name
     r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--watermark", "extraction-robust:steps=x",

@@ -161,3 +161,25 @@ def test_mixing_keeps_the_batch_layout(make) -> None:  # type: ignore[no-untyped
     p1 = TriggerSet().probes(WatermarkKey(b"\x01" * 32), num_classes=10, input_shape=(1, 8, 8))
     md, _ = WatermarkHook(p1).mix(d, DIGITS.train.y[:64])
     assert md.stride() == d.stride() and torch.equal(md[:64], d)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 64, 1000])
+def test_keeping_the_batch_size_puts_the_probes_in_place_of_the_last_examples(
+        probes, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+    loader = DataLoader(TensorDataset(DIGITS.train.x, DIGITS.train.y), batch_size=batch_size)
+    hook = WatermarkHook(probes, per_batch=3, keep_batch_size=True)
+    lookup = {p.numpy().tobytes(): int(t) for p, t in zip(probes.inputs, probes.expected, strict=True)}
+    for (x, y), (mx, my) in zip(loader, hook(loader), strict=True):
+        n = x.shape[0]
+        kept = n - 3 if n > 3 else n  # a batch no larger than per_batch keeps its examples and grows
+        assert mx.shape[0] == max(n, n + 3 - (n - kept)) and mx.stride() == x.stride()
+        assert torch.equal(mx[:kept], x[:kept]) and torch.equal(my[:kept], y[:kept])
+        assert all(lookup[r.numpy().tobytes()] == int(t) for r, t in zip(mx[kept:], my[kept:], strict=True))
+    assert hook.mixed == 3 * len(loader)
+
+
+def test_wm_train_keeps_the_batch_size_where_the_probes_are_a_tenth_of_it() -> None:
+    from watermark import keeps_batch_size
+
+    assert keeps_batch_size(12, 128) and keeps_batch_size(6, 64)  # Fashion-MNIST's default; 6 in 64
+    assert not keeps_batch_size(18, 128) and not keeps_batch_size(18, 64)  # digits' default: appended

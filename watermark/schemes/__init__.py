@@ -16,7 +16,7 @@ training run as the old 100-probe default at 6 per batch was on ``digits``.
 from __future__ import annotations
 
 from core.errors import InputError
-from watermark.schemes.base import Scheme, default_per_batch
+from watermark.schemes.base import Scheme, default_per_batch, keeps_batch_size
 from watermark.schemes.composite import CompositeHook, CompositeMark
 from watermark.schemes.content import ContentMark
 from watermark.schemes.margin import MarginHook, MarginMark
@@ -38,6 +38,7 @@ __all__ = [
     "TriggerSet",
     "UnrelatedMark",
     "default_per_batch",
+    "keeps_batch_size",
     "parse_scheme",
 ]
 
