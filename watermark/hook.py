@@ -48,8 +48,8 @@ class WatermarkHook:
             on ``digits`` (benchmarks/embed.py); the in-distribution marks of
             Zhang et al. need about 12.
         keep_batch_size: put the probes in place of the batch's last
-            ``per_batch`` examples rather than after them (a batch no larger
-            than ``per_batch`` keeps its examples and grows).
+            examples (as many as it adds) rather than after them; a batch no
+            larger than that keeps its examples and grows.
     """
 
     def __init__(self, probes: ProbeSet, per_batch: int = 6, *, keep_batch_size: bool = False) -> None:
@@ -88,10 +88,11 @@ class WatermarkHook:
             )
         if y.dtype.is_floating_point:
             raise InputError("the watermark hook needs integer class labels, not probabilities")
-        if self.keep_batch_size and x.shape[0] > self.per_batch:
-            x, y = x[: -self.per_batch], y[: -self.per_batch]
         idx = self._next_indices()
         px, py = self.examples(idx)
+        k = px.shape[0]  # per_batch, or more where a scheme adds examples of its own (negatives)
+        if self.keep_batch_size and x.shape[0] > k:
+            x, y = x[:-k], y[:-k]
         px = px.to(device=x.device, dtype=x.dtype)
         py = py.to(device=y.device, dtype=y.dtype)
         self.mixed += len(idx)

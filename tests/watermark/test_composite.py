@@ -122,6 +122,9 @@ def test_the_hook_draws_fresh_members_and_same_class_negatives() -> None:
                    and c in source_classes(_halves(xi, cut)[1], cut, 1) for cut in (0, 1))
     mixed_x, mixed_y = hook.mix(train_x[:64], train_y[:64])
     assert mixed_x.shape == (64 + 8 + 4, *SHAPE) and torch.equal(mixed_y[:64], train_y[:64])
+    hook.keep_batch_size = True  # members and negatives take the place of as many examples
+    kept_x, kept_y = hook.mix(train_x[:64], train_y[:64])
+    assert kept_x.shape == (64, *SHAPE) and torch.equal(kept_y[:52], train_y[:52])
     with pytest.raises(InputError, match="trained from the owner's training data"):
         scheme.hook(p, key=key, model=model, data=None)
     with pytest.raises(InputError, match="batch inputs have shape"):
