@@ -66,6 +66,7 @@ _QUEUED = (
     .order_by(AppendQueueRow.id)
     .limit(QUEUE_BATCH)
 )
+_QUEUED_ID = select(AppendQueueRow.id).where(AppendQueueRow.id == bindparam("qid"))
 _TAKEN = (
     delete(AppendQueueRow)
     .where(AppendQueueRow.id == bindparam("qid"), AppendQueueRow.idx.is_not(None))
@@ -143,6 +144,9 @@ def _appended(store: LogStore, conn: Connection, owner_key: OwnerKey, mac_key: b
                 index = s.execute(_TAKEN, {"qid": qid}).scalar()
                 if index is not None:
                     return int(index)
+                if s.execute(_QUEUED_ID, {"qid": qid}).first() is None:  # else it waits for ever
+                    raise IntegrityError("the queued record was removed from the database before it "
+                                         "was appended")
         attempt += 1
 
 

@@ -8,6 +8,8 @@ import sys
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
+
 from registry import Registry, generate_owner_key, verify_checkpoint
 from tests.registry.append_worker import PAYLOAD_TYPE
 
@@ -90,3 +92,19 @@ def test_a_forged_queued_record_is_never_signed(pg_schema_url: str) -> None:
         assert refused == [-1]
         assert [e.record for e in reg.entries(payload_type=PAYLOAD_TYPE)] == [{"honest": True}]
         assert index == 1 and reg.verify_log().size == 2
+
+
+def test_a_ticket_removed_from_the_queue_fails_instead_of_waiting_for_ever(pg_schema_url: str) -> None:
+    """Whoever can write the database deletes a writer's queued ticket: the writer stops with an error."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from core.errors import IntegrityError
+    from registry import OwnerKey
+    from registry.sequencer import _INFO, _appended
+
+    key = OwnerKey("alice", Ed25519PrivateKey.generate())
+    with Registry.open(pg_schema_url) as reg:
+        reg.add_owner(key)
+        with reg._writer.connect() as conn, pytest.raises(IntegrityError, match="removed"):
+            _appended(reg, conn, key, key.derive_key(_INFO), 12345)  # no such ticket
+        assert reg.verify_log().size == 1
