@@ -199,10 +199,10 @@ def demo_cmd(ctx: Context, out: str) -> None:
                                  "--rate", str(GUARD_RATE), ready_path=model_path) + model_path
 
         click.echo("5. three suspects appear")
-        stolen = attacks.Prune(0.5)(
+        stolen = attacks.Prune(0.3)(
             attacks.FineTune("all", epochs=10)(to_trainable(load_model(owner_pt2)),
                                                splits.attacker_pool, seed=11), seed=11)
-        click.echo("   a. weight theft: the weights fine-tuned on the attacker's pool, then 50% pruned")
+        click.echo("   a. weight theft: the weights fine-tuned on the attacker's pool, then 30% pruned")
         answer, client = _answer_via_http(f"{guard_url}/infer", classes, splits.input_shape)
         with client:
             queries = attacks.query_inputs(splits.attacker_pool.x, EXTRACTION_QUERIES, seed=12)
