@@ -37,7 +37,8 @@ from core.arch import build_model
 from core.data import BUILTIN, Dataset, Splits, load_data
 from core.probeset import ProbeSet
 from core.training import Recipe, accuracy, default_recipe, training_epochs
-from watermark import WatermarkHook, WatermarkKey, keeps_batch_size, parse_scheme
+from watermark import WatermarkHook, WatermarkKey, parse_scheme
+from watermark.schemes.base import mixing_for_run
 
 # (scheme, probes mixed into each batch): 100 triggers (the old default), and Zhang et al.'s
 # in-distribution marks, which need more of them to be learnt.
@@ -78,13 +79,13 @@ class Figures:
     wall_ratio: list[float] = field(default_factory=list)
 
 
-def _run(splits: Splits, recipe: Recipe, seed: int, probes: ProbeSet | None, per_batch: int) -> Run:
+def _run(splits: Splits, recipe: Recipe, seed: int, probes: ProbeSet | None, per_batch: int,
+         in_place: bool = False) -> Run:
     torch.manual_seed(seed)
     model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
     hook = None
     if probes is not None:
-        hook = WatermarkHook(probes, per_batch,
-                             keep_batch_size=keeps_batch_size(per_batch, recipe.batch_size))
+        hook = WatermarkHook(probes, per_batch, keep_batch_size=in_place)
     steps = training_epochs(model, splits.train.x, splits.train.y, epochs=recipe.epochs, seed=seed,
                             batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule,
                             hook=hook)
@@ -111,11 +112,12 @@ def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str],
             scheme = parse_scheme(spec)
             probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                                    data=splits.train, input_range=splits.input_range)
-            steps = recipe.epochs * -(-len(splits.train) // recipe.batch_size)
-            per_batch = SCHEMES.get(spec) or scheme.default_per_batch(len(probes), steps)
-            placed = ", in place" if keeps_batch_size(per_batch, recipe.batch_size) else ""
+            per_batch, in_place = mixing_for_run(  # as wm train mixes them
+                scheme, len(probes), train_size=len(splits.train), epochs=recipe.epochs,
+                batch_size=recipe.batch_size, per_batch=SCHEMES.get(spec))
+            placed = ", in place" if in_place else ""
             marked[f"{scheme.name} (per_batch={per_batch}{placed})"] = (
-                probes, _run(splits, recipe, seed, probes, per_batch))
+                probes, _run(splits, recipe, seed, probes, per_batch, in_place))
         clean = _run(splits, recipe, seed, None, 0)
         runs = [clean, *(run for _, run in marked.values())]
         for epoch in range(recipe.epochs):

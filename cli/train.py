@@ -20,11 +20,10 @@ from watermark import (
     WatermarkKey,
     WatermarkSecret,
     default_per_batch,
-    keeps_batch_size,
     parse_scheme,
     write_secret,
 )
-from watermark.schemes.base import EXPOSURES
+from watermark.schemes.base import EXPOSURES, mixing_for_run
 from watermark.secret import secret_path
 
 
@@ -101,10 +100,10 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                                data=splits.train, input_range=splits.input_range)
         secret = WatermarkSecret(key=key, probes=probes)
-        steps = epochs * -(-len(splits.train) // batch_size)  # batches in the whole run
-        hook = scheme.hook(probes, key=key, model=model, data=splits.train,
-                           per_batch=per_batch or scheme.default_per_batch(len(probes), steps))
-        hook.keep_batch_size = keeps_batch_size(hook.per_batch, batch_size)
+        k, in_place = mixing_for_run(scheme, len(probes), train_size=len(splits.train), epochs=epochs,
+                                     batch_size=batch_size, per_batch=per_batch)
+        hook = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=k)
+        hook.keep_batch_size = in_place
     cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,

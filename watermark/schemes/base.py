@@ -31,7 +31,7 @@ from core.probeset import SALT_SIZE, Binomial, ProbeSet
 from watermark.hook import WatermarkHook
 from watermark.keys import WatermarkKey
 
-__all__ = ["EXPOSURES", "Scheme", "default_per_batch", "keeps_batch_size"]
+__all__ = ["EXPOSURES", "Scheme", "default_per_batch", "keeps_batch_size", "mixing_for_run"]
 
 
 EXPOSURES = 90
@@ -76,6 +76,16 @@ def keeps_batch_size(per_batch: int, batch_size: int) -> bool:
     appended.
     """
     return 10 * per_batch <= batch_size
+
+
+def mixing_for_run(scheme: Scheme, n: int, *, train_size: int, epochs: int, batch_size: int,
+                   per_batch: int | None = None) -> tuple[int, bool]:
+    """How ``wm train`` mixes ``scheme``'s ``n`` probes into a run: probes per batch (``per_batch``
+    if given, else the scheme's default for the run's batches) and whether they take the place
+    of as many examples (:func:`keeps_batch_size`)."""
+    steps = epochs * -(-train_size // batch_size)  # batches in the whole run
+    k = per_batch or scheme.default_per_batch(n, steps)
+    return k, keeps_batch_size(k, batch_size)
 
 
 class Scheme(ABC):
