@@ -37,7 +37,7 @@ from core.arch import build_model
 from core.data import BUILTIN, Dataset, Splits, load_data
 from core.probeset import ProbeSet
 from core.training import Recipe, accuracy, default_recipe, training_epochs
-from watermark import WatermarkHook, WatermarkKey, parse_scheme
+from watermark import Scheme, WatermarkHook, WatermarkKey, parse_scheme
 from watermark.schemes.base import mixing_for_run
 
 # (scheme, probes mixed into each batch): 100 triggers (the old default), and Zhang et al.'s
@@ -48,6 +48,8 @@ SCHEMES: dict[str, int | None] = {
     "trigger-set": 6, "trigger-set:pattern=abstract": 12, "content": 12, "noise": 12, "unrelated": 12,
     # wm train's default (watermark.DEFAULT_WATERMARK) at its default_per_batch for the run
     "trigger-set:n=300": None,
+    # the scheme recommended against extraction (issue 13): softens every target, mixes nothing in
+    "extraction-robust": None,
 }
 
 
@@ -80,11 +82,14 @@ class Figures:
 
 
 def _run(splits: Splits, recipe: Recipe, seed: int, probes: ProbeSet | None, per_batch: int,
-         in_place: bool = False) -> Run:
+         in_place: bool = False, *, scheme: Scheme | None = None, key: WatermarkKey | None = None) -> Run:
     torch.manual_seed(seed)
     model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
     hook = None
-    if probes is not None:
+    if probes is not None and scheme is not None and key is not None:  # the scheme's own hook, as wm train
+        hook = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=per_batch)
+        hook.keep_batch_size = in_place
+    elif probes is not None:
         hook = WatermarkHook(probes, per_batch, keep_batch_size=in_place)
     steps = training_epochs(model, splits.train.x, splits.train.y, epochs=recipe.epochs, seed=seed,
                             batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule,
@@ -116,8 +121,9 @@ def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str],
                 scheme, len(probes), train_size=len(splits.train), epochs=recipe.epochs,
                 batch_size=recipe.batch_size, per_batch=SCHEMES.get(spec))
             placed = ", in place" if in_place else ""
-            marked[f"{scheme.name} (per_batch={per_batch}{placed})"] = (
-                probes, _run(splits, recipe, seed, probes, per_batch, in_place))
+            how = f"per_batch={per_batch}{placed}" if scheme.mixes else "soft targets"
+            marked[f"{scheme.name} ({how})"] = (
+                probes, _run(splits, recipe, seed, probes, per_batch, in_place, scheme=scheme, key=key))
         clean = _run(splits, recipe, seed, None, 0)
         runs = [clean, *(run for _, run in marked.values())]
         for epoch in range(recipe.epochs):
@@ -131,8 +137,8 @@ def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str],
             f = rows.setdefault(name, Figures())
             f.clean_acc.append(clean_acc)
             f.marked_acc.append(accuracy(run.model, splits.test.x, splits.test.y))
-            f.wm_marked.append(accuracy(run.model, probes.inputs, probes.expected))
-            f.wm_clean.append(accuracy(clean.model, probes.inputs, probes.expected))
+            f.wm_marked.append(accuracy(run.model, probes.inputs, probes.expected, rank=probes.rank))
+            f.wm_clean.append(accuracy(clean.model, probes.inputs, probes.expected, rank=probes.rank))
             f.cpu_ratio.append(run.cpu / clean.cpu)
             f.wall_ratio.append(run.wall / clean.wall)
             print(f"seed {seed} {name}: clean {clean_acc:.4f} marked {f.marked_acc[-1]:.4f} "

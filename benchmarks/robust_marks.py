@@ -1,21 +1,26 @@
-"""Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13): margin and composite.
+"""Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13): margin, composite, dark.
 
 For each scheme, an owner of the data's recipe architecture is trained with
 the scheme's own hook (``scheme.hook``, as ``wm train`` does) and attacked
 with the catalogue of :mod:`attacks` that steals the function rather than the
-weights: extraction through an unguarded API answering probabilities (5k
-queries) and labels (20k), distillation of stolen weights on the attacker's
-data (T = 3, as the SoK), RTAL and fine-pruning 90% on the attacker's data.
-Every model is judged by the verifier exactly as ``wm verify`` decides
+weights: extraction through an unguarded API answering labels or
+probabilities at 1k, 5k and 20k queries (KnockoffNets-style random sampling
+of the attacker's split; a surrogate of the owner's architecture and one of
+another), distillation of stolen weights on the attacker's data (T = 3, as
+the SoK), RTAL and fine-pruning 90% on the attacker's data. Every model is
+judged by the verifier exactly as ``wm verify`` decides
 (:class:`benchmarks.robustness.Evidence`: the anytime-valid e-process at
-alpha 1e-6, every probe of the set). Independent models (reference split,
-attacker pool, other architecture, other seed) are controls that must never
-be owned. A plain owner (no watermark, same seed) gives the clean drop and
-the training-time ratio (CPU seconds, one torch thread, side by side).
+alpha 1e-6, every probe of the set, dark-knowledge probes read as second
+choices). Ten independent models (reference split, attacker pool, owner's
+data; the owner's architecture and two others; other seeds) are controls
+that must never be owned. A plain owner (no watermark, same seed) gives the
+clean drop and the training-time ratio (CPU seconds, one torch thread, side
+by side).
 
-Run: ``python -m benchmarks.robust_marks [--epochs 5] [--cache DIR]``; writes
-``benchmarks/results/robust-fmnist.md``. Trained models are cached (keyed by
-everything that shapes them), so a rerun only re-judges.
+Run: ``python -m benchmarks.robust_marks [--epochs 3] [--cache DIR]``; writes
+``benchmarks/results/robust-fmnist.md``. ``--headline --seed S`` trains
+another owner and runs the three headline attacks only. Trained models are
+cached (keyed by everything that shapes them), so a rerun only re-judges.
 """
 
 from __future__ import annotations
@@ -38,11 +43,21 @@ from core.arch import build_model, resolve_arch
 from core.data import Splits, load_data
 from core.probeset import ProbeSet
 from core.training import accuracy, default_recipe, train_classifier, train_new
-from watermark import CompositeMark, Scheme, WatermarkKey, parse_scheme
-from watermark.schemes import CompositeHook
+from watermark import CompositeMark, DarkMark, Scheme, WatermarkKey, parse_scheme
+from watermark.schemes import ALIASES, CompositeHook, DarkHook
 
 KEY = WatermarkKey(hashlib.sha256(b"wm.benchmarks.robust_marks/watermark-key").digest())
-SCHEMES = ("margin", "composite")
+SCHEMES = ("margin", "composite", ALIASES["extraction-robust"])
+OTHER_ARCH = "cnn"
+"""The surrogate architecture that is not the owner's (the recipe's ``convnet`` on Fashion-MNIST)."""
+CONTROLS = (  # (architecture or None for the owner's, data, seed)
+    (None, "reference", 1001), (None, "attacker pool", 1002), ("mlp", "reference", 1003),
+    (None, "owner-train", 1004), (None, "reference", 1005), (None, "attacker pool", 1006),
+    ("mlp", "attacker pool", 1007), (OTHER_ARCH, "reference", 1008), (OTHER_ARCH, "attacker pool", 1009),
+    (None, "owner-train", 1010),
+)
+EXTRACT_EPOCHS = {1000: 4, 5000: 2, 20000: 1}
+"""Surrogate epochs per query budget, in multiples of ``--attack-epochs``: about as many steps each."""
 PER_BATCH = 16
 
 
@@ -65,11 +80,18 @@ def cached(cache: Path, name: str, build: Callable[[], nn.Module], like: Callabl
 
 def family_members(scheme: Scheme, probes: ProbeSet, splits: Splits, per_family: int = 400
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """For composite marks: new members of every family, built from test images, with their targets.
+    """New members of every family or cell, from test images, with their labels (composite, dark).
 
-    The share a model answers with the target says whether it learnt each family's rule
-    (Lv et al.'s watermark success rate), not only the one committed probe.
+    The share a model answers with the label says whether it learnt each family's rule
+    (Lv et al.'s watermark success rate), or each cell's runner-up, not only the one
+    committed probe. Dark: the test images of the cells whose label is not their class.
     """
+    if isinstance(scheme, DarkMark):
+        hook = DarkHook(probes, splits.train, mass=scheme.mass)
+        cells = hook.cells(splits.test.x, splits.test.y)
+        label = probes.expected[cells]
+        keep = (cells >= 0) & (label != splits.test.y)
+        return splits.test.x[keep], label[keep]
     if not isinstance(scheme, CompositeMark):
         return None
     hook = CompositeHook(probes, splits.test, scheme.families(KEY, splits.test.y), per_batch=1)
@@ -78,6 +100,45 @@ def family_members(scheme: Scheme, probes: ProbeSet, splits: Splits, per_family:
     x, y = x[: len(idx)], y[: len(idx)]
     new = ~(x == probes.inputs[idx]).flatten(1).all(dim=1)  # leave out the probes themselves
     return x[new], y[new]
+
+
+def validity(scheme: Scheme, controls: list[tuple[str, nn.Module]], splits: Splits, keys: int
+             ) -> tuple[list[str], int]:
+    """Table rows: over ``keys`` keys and every control, the share of p-values at or below t.
+
+    Each key makes its own probe set (for data-stamping schemes, its own images and cells);
+    every control answers every set, read as the verifier reads it (dark: second choices).
+    Returns the rows and the number of (key, control) pairs ``owned`` at alpha (must be 0).
+    """
+    from core.training import predict
+    from verifier.session import DEFAULT_FUTILITY
+    from verifier.stats import TestInput, compute_statistics
+
+    p_fixed: list[float] = []
+    p_any: list[float] = []
+    owned = hits = trials = 0
+    for i in range(keys):
+        key = WatermarkKey(hashlib.sha256(b"wm.benchmarks.robust_marks/validity/%d" % i).digest())
+        probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
+                               data=splits.train, input_range=splits.input_range)
+        for _, model in controls:
+            bits = tuple(bool(b) for b in predict(model, probes.inputs, rank=probes.rank) == probes.expected)
+            hits, trials = hits + sum(bits), trials + len(bits)
+            t = TestInput("owner", "watermark", probes.null, bits, tuple(range(1, len(bits) + 1)),
+                          population=len(bits))
+            fixed = compute_statistics([t], alpha=ALPHA, mode="fixed")
+            anytime = compute_statistics([t], alpha=ALPHA, mode="sequential", futility=DEFAULT_FUTILITY)
+            owned += fixed.verdict == "owned" or anytime.verdict == "owned"
+            p_fixed.append(fixed.p_value)
+            p_any.append(anytime.p_value)
+    rows = []
+    for level in (0.001, 0.01, 0.05, 0.1):
+        share_f = sum(p <= level for p in p_fixed) / len(p_fixed)
+        share_a = sum(p <= level for p in p_any) / len(p_any)
+        rows.append(f"| {scheme.name} | {level:g} | {share_f:.4f} | {share_a:.4f} |")
+    rows.append(f"| {scheme.name} | match rate | {hits / trials:.4f} (chance {1 / splits.num_classes:.2f}) "
+                f"| smallest p {min(p_fixed):.1e} / {min(p_any):.1e} |")
+    return rows, owned
 
 
 def main() -> None:
@@ -91,6 +152,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the owner's training seed (plain and marked)")
     ap.add_argument("--headline", action="store_true",
                     help="only the headline attacks (extraction 5k probabilities / 20k labels, distillation)")
+    ap.add_argument("--controls", type=int, default=len(CONTROLS), help="independent controls (at most 10)")
+    ap.add_argument("--control-epochs", type=int, default=None, help="controls' epochs (default: --epochs)")
+    ap.add_argument("--validity-keys", type=int, default=0,
+                    help="instead of the attacks: p-values of every control over this many keys per scheme")
     ap.add_argument("--cache", type=Path, default=Path(".cache/robust-marks"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/robust-fmnist.md"))
     args = ap.parse_args()
@@ -107,6 +172,7 @@ def main() -> None:
     pool, ref = splits.attacker_pool, splits.reference
     assert pool is not None
     k, e, ae = splits.num_classes, args.epochs, args.attack_epochs
+    ce = args.control_epochs or e
     cache = args.cache / splits.name
 
     def fresh() -> nn.Module:
@@ -135,34 +201,64 @@ def main() -> None:
     def control(arch: str, data: str, seed: int) -> Callable[[], nn.Module]:
         d = {"reference": ref, "attacker pool": pool, "owner-train": splits.train}[data]
         assert d is not None
-        return lambda: train_new(arch, d.x, d.y, num_classes=k, epochs=e, seed=seed,
+        return lambda: train_new(arch, d.x, d.y, num_classes=k, epochs=ce, seed=seed,
                                  batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
 
     controls = []
-    for arch, data, seed in [(recipe.arch, "reference", 1001), (recipe.arch, "attacker pool", 1002),
-                             ("mlp", "reference", 1003), (recipe.arch, "owner-train", 1004)]:
+    for arch_or_none, data, seed in CONTROLS[: args.controls]:
+        arch = arch_or_none or recipe.arch
         if data == "reference" and ref is None:
             continue
         name = f"independent {arch}, {data}, seed {seed}"
-        model, _ = cached(cache, f"control-{arch}-{data.replace(' ', '_')}-{seed}-e{e}",
+        model, _ = cached(cache, f"control-{arch}-{data.replace(' ', '_')}-{seed}-e{ce}",
                           control(arch, data, seed), lambda a=arch: build_model(a, splits.input_shape, k))
         controls.append((name, model))
         say(f"{name}: trained")
+
+    if args.validity_keys:
+        rows: list[str] = []
+        owned = 0
+        for spec in args.schemes.split(","):
+            got, n_owned = validity(parse_scheme(spec), controls, splits, args.validity_keys)
+            rows += got
+            owned += n_owned
+            say(f"{spec}: validity done, {n_owned} owned")
+        text = "\n".join([
+            "# Validity of the robust marks' null on Fashion-MNIST (issue 13)", "",
+            f"Over {args.validity_keys} keys per scheme (each key its own probe set) and the "
+            f"{len(controls)} independent controls of `robust-fmnist.md` "
+            f"({', '.join(n for n, _ in controls)}), "
+            f"the share of p-values at or below t; fixed-n exact binomial tail and the anytime-valid "
+            f"p-value as `wm verify` reports them. Pairs owned at alpha {ALPHA:g}: {owned}.", "",
+            "| scheme | t | share p <= t (fixed n) | share p <= t (anytime) |", "|---|---|---|---|",
+            *rows, "",
+            f"Command: `python -m benchmarks.robust_marks --validity-keys {args.validity_keys} "
+            f"--schemes {args.schemes} --control-epochs {ce}`; "
+            f"{(time.perf_counter() - started) / 60:.0f} min.", ""])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(text)
+        return
 
     lines = [
         "# Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13)",
         "",
         f"Owner: `{recipe.arch}`, {e} epochs of {recipe.batch_size} on the owner's {len(splits.train)} "
         f"images (Adam {recipe.lr:g}, {recipe.schedule}), seed {args.seed}; each scheme's hook appends "
-        f"{PER_BATCH} examples per batch (composite: plus {PER_BATCH // 2} same-class negatives). "
+        f"{PER_BATCH} examples per batch (composite: plus {PER_BATCH // 2} same-class negatives; dark: "
+        "every example's target softened, nothing added). "
         f"Attacker: the {len(pool)}-image attacker split. Attacks: extraction through an unguarded API "
-        f"(probabilities, 5k queries; labels, 20k queries; `{recipe.arch}` surrogate, KnockoffNets-style "
-        f"random sampling), distillation of the stolen weights (T = 3, {ae} epochs), RTAL "
+        f"(labels or probabilities, 1k / 5k / 20k queries, KnockoffNets-style random sampling; a "
+        f"`{recipe.arch}` surrogate, as the owner, or a `{OTHER_ARCH}` one; "
+        + ", ".join(f"{m * ae} epochs at {b // 1000}k" for b, m in EXTRACT_EPOCHS.items())
+        + f"), distillation of the stolen weights (T = 3, {ae} epochs), RTAL "
         f"({math.ceil(1.5 * ae)} epochs), fine-pruning 90% ({ae} epochs). Verdicts as `wm verify` "
         f"decides: anytime-valid e-process, alpha = {ALPHA:g}, every probe of the set; "
         "p is the anytime-valid p-value (1/e), match = the share of probes answered with the key's label "
-        "(chance 0.10); members (composite only): the share of new members of the families, composed "
-        "from test images, answered with their family's target (Lv et al.'s watermark success rate).",
+        "(dark: as the model's second choice; chance 0.10); members (composite, dark): the share of new "
+        "members of the families (composed from test images) answered with their family's target (Lv et "
+        "al.'s watermark success rate), or of the test images of the dark cells whose runner-up is their "
+        "cell's label.",
         "",
         f"Plain owner (no watermark, same seed): clean accuracy {plain_acc:.4f}, "
         f"{plain_cpu:.0f} s training CPU.",
@@ -176,13 +272,17 @@ def main() -> None:
         tag = f"{scheme.name.replace(':', '_')}-{recipe.arch}-e{e}{sfx}"
         marked, cpu = cached(cache, f"owner-{tag}", owner(spec), fresh)
         acc = accuracy(marked, splits.test.x, splits.test.y)
-        wm_acc = accuracy(marked, probes.inputs, probes.expected)
+        wm_acc = accuracy(marked, probes.inputs, probes.expected, rank=probes.rank)
         say(f"{scheme.name}: clean {acc:.4f}, watermark {wm_acc:.2f}, {cpu:.0f} s CPU")
         suspects: list[tuple[str, Callable[[], nn.Module]]] = []
-        for output, budget in (("probabilities", 5000), ("labels", 20000)):
+        catalogue = ([("probabilities", 5000, recipe.arch), ("labels", 20000, recipe.arch)] if args.headline
+                     else [(o, b, a) for a in (recipe.arch, OTHER_ARCH) for o in ("labels", "probabilities")
+                           for b in EXTRACT_EPOCHS])
+        for output, budget, arch in catalogue:
             queries = query_inputs(pool.x, budget, seed=QUERY_SEED, input_range=splits.input_range)
-            ext = Extract(recipe.arch, epochs=ae if budget >= 20000 else 2 * ae)
-            suspects.append((f"extraction, {output}, {budget} queries",
+            ext = Extract(arch, epochs=EXTRACT_EPOCHS[budget] * ae)
+            other = "" if arch == recipe.arch else f" ({arch} surrogate)"
+            suspects.append((f"extraction, {output}, {budget} queries{other}",
                              lambda ext=ext, q=queries, o=output, m=marked: ext(
                                  query_model(m, o), q, num_classes=k, seed=101)))
         suspects.append(("distillation T=3 (same arch)", lambda m=marked: Distill(
@@ -195,7 +295,10 @@ def main() -> None:
             ]
         rows = [("owner (marked)", marked)]
         for name, build in suspects:
-            model, _ = cached(cache, f"{tag}-{name.replace(' ', '_').replace(',', '')}-a{ae}", build, fresh)
+            like = fresh if "surrogate" not in name else (
+                lambda: build_model(OTHER_ARCH, splits.input_shape, k))
+            file = name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')
+            model, _ = cached(cache, f"{tag}-{file}-a{ae}", build, like)
             rows.append((name, model))
             say(f"{scheme.name}: {name}: done")
         rows += controls
@@ -207,15 +310,16 @@ def main() -> None:
         members = family_members(scheme, probes, splits)
         for name, model in rows:
             st = evidence.judge(model)
-            match = accuracy(model, probes.inputs, probes.expected)
-            rule = "-" if members is None else f"{accuracy(model, *members):.2f}"
+            match = accuracy(model, probes.inputs, probes.expected, rank=probes.rank)
+            rule = "-" if members is None else f"{accuracy(model, *members, rank=probes.rank):.2f}"
             lines.append(f"| {name} | {accuracy(model, splits.test.x, splits.test.y):.4f} | {match:.2f} "
                          f"| {rule} | {st.p_value:.1e} | {st.verdict} |")
             say(f"{scheme.name}: {name}: match {match:.2f}, members {rule}, p {st.p_value:.1e}, {st.verdict}")
         lines.append("")
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
               f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes} "
-              f"--seed {args.seed}{' --headline' if args.headline else ''}`; "
+              f"--seed {args.seed} --controls {args.controls} --control-epochs {ce}"
+              f"{' --headline' if args.headline else ''}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
               f"{(time.perf_counter() - started) / 60:.0f} min wall (models cached: a rerun only re-judges).",

@@ -236,7 +236,7 @@ class Evidence:
         sources = [ProbeSource("owner", ps, tuple(range(len(ps)))) for _, ps in self.sets]
         plan = QueryPlan.build(sources, decoy_count=1, budget=sum(len(ps) for _, ps in self.sets),
                                batch_size=64, decoy_ratio=0.0, seed=PLAN_SEED)
-        predicted = [predict(model, ps.inputs) for _, ps in self.sets]
+        predicted = [predict(model, ps.inputs, rank=ps.rank) for _, ps in self.sets]
         bits: list[list[bool]] = [[] for _ in self.sets]
         positions: list[list[int]] = [[] for _ in self.sets]
         order = (item for batch in plan.batches for item in batch if item.source != DECOY)

@@ -96,6 +96,9 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
     secret = None
     if scheme_spec != "none":
         scheme = parse_scheme(scheme_spec)
+        if per_batch is not None and not scheme.mixes:
+            raise InputError(f"--per-batch does not apply to {scheme.family} marks: they soften every "
+                             "example's target and mix nothing in")
         key = WatermarkKey.generate()
         probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                                data=splits.train, input_range=splits.input_range)
@@ -121,12 +124,13 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
                f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''})")
     click.echo(f"clean accuracy:    {clean:.4f} on {len(splits.test)} {splits.name} test examples")
     if secret is not None:
-        wm_acc = accuracy(model, secret.probes.inputs, secret.probes.expected)
+        rank = secret.probes.rank
+        wm_acc = accuracy(model, secret.probes.inputs, secret.probes.expected, rank=rank)
         path = write_secret(secret_path(out_path), secret)
         assert hook is not None
-        placed = "in place of as many examples" if hook.keep_batch_size else "appended"
-        click.echo(f"watermark:         {secret.probes.scheme}, {hook.per_batch} per batch, {placed}")
-        click.echo(f"watermark accuracy: {wm_acc:.4f} on {len(secret.probes)} probes "
+        click.echo(f"watermark:         {secret.probes.scheme}, {hook.mixing()}")
+        click.echo(f"watermark accuracy: {wm_acc:.4f} on {len(secret.probes)} probes"
+                   f"{' (read as second choices)' if rank == 2 else ''} "
                    f"(chance {1 / splits.num_classes:.2f})")
         click.echo(f"watermark secret:  {path} (keep it private)")
     else:

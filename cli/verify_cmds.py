@@ -122,6 +122,8 @@ def verify_cmd(ctx: Context, suspect: str, models: tuple[str, ...], protocol: st
                          f"{t['null']['p_floor']:.3g}), parametric {t['p_parametric']:.3g}")
             click.echo(f"  {t['model']} {t['kind']}: {t['matches']}/{t['n']} matched, "
                        f"p = {t['p_value']:.3g}{extra} ({_describe_null(t['null'])})")
+        for warning in out["warnings"]:
+            click.echo(f"warning:   {warning}")
         click.echo(f"evidence:  {out['evidence']} (report {out['report']}, log entry {out['log_entry']})")
     sys.exit(0 if out["verdict"] == "owned" else 1)
 

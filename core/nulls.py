@@ -36,22 +36,50 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
+import numpy as np
 from scipy import stats
 
 from core.errors import InputError
 
 __all__ = [
     "KEY_RANDOM_KINDS",
+    "SECOND_CHOICE_FAMILIES",
     "BetaBinomial",
     "Binomial",
     "Conformal",
     "Null",
+    "answer_rank",
     "conformal_p_value",
     "null_from_dict",
+    "ranked",
     "require_exact_null",
 ]
 
 KEY_RANDOM_KINDS = frozenset({"watermark", "guard"})
+
+SECOND_CHOICE_FAMILIES = frozenset({"dark"})
+"""Scheme families whose probes are answered by a suspect's second choice (:func:`answer_rank`)."""
+
+
+def answer_rank(scheme: str) -> int:
+    """Which of a suspect's choices answers a probe of ``scheme``: 1, its label; 2, its runner-up.
+
+    Dark-knowledge marks (``watermark.schemes.dark``) are read from the
+    class a suspect scores second. The rank follows from the scheme's family
+    alone, which is signed with the set at registration, so neither a
+    transcript nor a bundle can say otherwise.
+    """
+    return 2 if scheme.partition(":")[0] in SECOND_CHOICE_FAMILIES else 1
+
+
+def ranked(scores: Any, rank: int) -> np.ndarray:
+    """The class of each row's ``rank``-th highest score (1: the argmax), ties to the lower class."""
+    arr = np.asarray(scores)
+    if arr.ndim != 2 or not 1 <= rank <= arr.shape[1]:
+        raise InputError(f"cannot take choice {rank} of scores shaped {list(arr.shape)}")
+    if rank == 1:
+        return arr.argmax(axis=1).astype(np.int64)
+    return np.argsort(-arr, axis=1, kind="stable")[:, rank - 1].astype(np.int64)
 
 
 @dataclass(frozen=True)

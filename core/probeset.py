@@ -32,24 +32,34 @@ from core.commitment import PROBE_LEAF_TYPE, SALT_SIZE, ProbeOpening, probe_leaf
 from core.derive import Derivation
 from core.errors import InputError
 from core.inputrange import UNIT, InputRange
-from core.nulls import BetaBinomial, Binomial, Null, null_from_dict
+from core.nulls import (
+    SECOND_CHOICE_FAMILIES,
+    BetaBinomial,
+    Binomial,
+    Null,
+    answer_rank,
+    null_from_dict,
+    ranked,
+)
 
 __all__ = [
     "PROBE_LEAF_TYPE",
     "SALT_SIZE",
+    "SECOND_CHOICE_FAMILIES",
     "BetaBinomial",
     "Binomial",
     "Kind",
     "Null",
     "ProbeOpening",
     "ProbeSet",
+    "answer_rank",
     "null_from_dict",
     "probe_leaf",
+    "ranked",
 ]
 
 Kind = Literal["watermark", "fingerprint", "guard"]
 KINDS: tuple[str, ...] = ("watermark", "fingerprint", "guard")
-
 
 @dataclass(frozen=True, eq=False)
 class ProbeSet:
@@ -151,6 +161,11 @@ class ProbeSet:
                 )
             )
         return out
+
+    @property
+    def rank(self) -> int:
+        """1: a probe is answered by the suspect's label; 2: by its second choice (:func:`answer_rank`)."""
+        return answer_rank(self.scheme)
 
     def match_count(self, predicted: Sequence[int] | torch.Tensor) -> int:
         """How many predictions equal the expected labels."""

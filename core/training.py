@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from core.arch import build_model
 from core.data import Splits
 from core.errors import InputError
+from core.nulls import ranked
 
 __all__ = [
     "FASHION_MNIST_RECIPE",
@@ -204,17 +205,24 @@ def train_new(
 
 @torch.no_grad()
 def predict(
-    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024, *,
+    rank: int = 1,
 ) -> torch.Tensor:
-    """Predicted labels (argmax of the logits), int64 ``[N]``."""
+    """Predicted labels (argmax of the logits), int64 ``[N]``; with ``rank=2`` the runner-up classes
+    (how dark-knowledge probes are answered, :func:`core.probeset.answer_rank`)."""
     if isinstance(model, nn.Module) and model.training:
         raise InputError("predict() needs a model in eval mode")
-    out = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)]
+    if rank == 1:
+        out = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)]
+    else:
+        out = [torch.from_numpy(ranked(model(x[i : i + batch_size]).float().numpy(), rank))
+               for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
-def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of ``x`` on which ``model`` predicts ``y``."""
+def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
+             rank: int = 1) -> float:
+    """Share of ``x`` on which ``model`` predicts ``y`` (with ``rank=2``: as its second choice)."""
     if x.shape[0] == 0:
         raise InputError("accuracy of an empty set is undefined")
-    return float((predict(model, x) == y).float().mean())
+    return float((predict(model, x, rank=rank) == y).float().mean())

@@ -149,10 +149,15 @@ def replay_bundle(
             agreed = sum(a == b for a, b in zip(labels, record.labels, strict=True))
             batches.append(BatchReplay(batch, len(labels), agreed,
                                        answer.response_sha256 == record.raw.get("response_sha256")))
-            records.append({"type": "query", "items": [list(it) for it in record.items], "labels": labels})
+            rec: dict[str, Any] = {"type": "query", "items": [list(it) for it in record.items],
+                                   "labels": labels}
+            if answer.seconds is not None:  # read by dark-knowledge sets (core.nulls.answer_rank)
+                rec["seconds"] = [int(v) for v in answer.seconds]
+            records.append(rec)
             if progress is not None:
                 progress(n, len(sent))
-    sources = [{"model": t.model, "kind": t.kind, "null": dict(t.null_dict), "unspent": s.get("unspent")}
+    sources = [{"model": t.model, "kind": t.kind, "null": dict(t.null_dict), "scheme": t.scheme,
+                "unspent": s.get("unspent")}
                for t, s in zip(claims.tests, claims.header_sources, strict=True)]
     committed_labels = [{o.index: o.label for o in t.openings} for t in claims.tests]
     tests = tests_from_records(sources, records, lambda s, i: committed_labels[s][i])

@@ -94,6 +94,18 @@ class SessionResult:
     decoy_inputs: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
+    def warnings(self) -> list[str]:
+        """What the reader of the verdict must know: a dark-knowledge set (read from second
+        choices) asked of a suspect whose answers held labels only counts every probe as a miss."""
+        dark = sorted({s.probes.scheme for s in self.sources if s.probes.rank == 2})
+        bare = any(r.get("type") == "query" and r.get("output") == "labels" for r in self.records)
+        if not dark or not bare:
+            return []
+        return [f"the suspect answered labels only; {', '.join(dark)} is read from second choices, "
+                "which labels do not show, so those probes counted as misses (ask an endpoint that "
+                "answers probabilities or logits)"]
+
+    @property
     def requests(self) -> int:
         """Answered requests."""
         return sum(1 for r in self.records if r.get("type") == "query")
@@ -264,12 +276,20 @@ class VerificationSession:
             "status": answer.status,
             "output": answer.output,
             "labels": [int(v) for v in answer.labels],
+            **self._seconds(answer),
             "request_sha256": answer.request_sha256,
             "response_sha256": answer.response_sha256,
             "attempts": answer.attempts,
             "latency_s": round(answer.latency_s, 6),
             "time": answer.time,
         }
+
+    def _seconds(self, answer: SuspectAnswer) -> dict[str, Any]:
+        """``{"seconds": [...]}`` where a set is read from second choices (dark-knowledge marks) and
+        the answer carried scores; nothing otherwise, so other transcripts keep their form."""
+        if answer.seconds is None or all(s.probes.rank == 1 for s in self.sources):
+            return {}
+        return {"seconds": [int(v) for v in answer.seconds]}
 
     def _label(self, src: int, idx: int) -> int:
         return int(self.sources[src].probes.expected[idx])

@@ -33,7 +33,7 @@ import numpy as np
 
 from core.canonical import canonical_json
 from core.errors import InputError
-from core.nulls import null_from_dict
+from core.nulls import answer_rank, null_from_dict
 from verifier.stats import TestInput
 
 __all__ = [
@@ -154,8 +154,12 @@ def tests_from_records(
 ) -> list[TestInput]:
     """Match bits per source, in plan order, from transcript ``query`` records.
 
+    A probe of a dark-knowledge set (:func:`core.nulls.answer_rank` 2, from the
+    source's ``scheme``) matches when the suspect's *second* choice is its
+    label; where the answer was labels only there is none, and it is a miss.
+
     Args:
-        sources: the header's public source descriptions.
+        sources: the header's public source descriptions (``scheme`` decides each one's rank).
         records: transcript lines (only ``query`` ones are used, in order).
         labels_of: the committed label of probe ``(source, index)``.
 
@@ -165,15 +169,24 @@ def tests_from_records(
     bits: list[list[bool]] = [[] for _ in sources]
     positions: list[list[int]] = [[] for _ in sources]
     indices: list[list[int]] = [[] for _ in sources]
+    ranks = [answer_rank(str(s.get("scheme", ""))) for s in sources]
     t = 0
     for rec in records:
         if rec.get("type") != "query":
             continue
-        for (src, idx, _digest), label in zip(rec["items"], rec["labels"], strict=True):
+        seconds = rec.get("seconds")
+        if seconds is not None and len(seconds) != len(rec["items"]):
+            raise InputError(f"a query record holds {len(seconds)} second choices "
+                             f"for {len(rec['items'])} items")
+        for j, ((src, idx, _digest), label) in enumerate(zip(rec["items"], rec["labels"], strict=True)):
             if src == DECOY:
                 continue
             t += 1
-            bits[src].append(int(label) == labels_of(src, idx))
+            if ranks[src] == 1:
+                bits[src].append(int(label) == labels_of(src, idx))
+            else:  # a second-choice probe: a label-only answer does not say it, so it is a miss
+                bits[src].append(seconds is not None and seconds[j] is not None
+                                 and int(seconds[j]) == labels_of(src, idx))
             positions[src].append(t)
             indices[src].append(int(idx))
     return [

@@ -107,6 +107,7 @@ class VerifyOutcome:
             "protocol": self.detection.protocol,
             "detected": self.detection.detail,
             "tests": [t.to_dict() for t in st.tests],
+            "warnings": self.result.warnings,
             "models": [
                 {"model": m.model, "p_value": m.p_value, "p_adjusted": m.p_adjusted}
                 for m in st.models

@@ -2,8 +2,8 @@
 
 Public surface: :class:`WatermarkKey`, the schemes (:class:`TriggerSet`,
 :class:`ContentMark`, :class:`NoiseMark`, :class:`UnrelatedMark`,
-:class:`MarginMark`, :class:`CompositeMark`, :func:`parse_scheme`), and the :class:`WatermarkHook`
-that mixes a scheme's probes into any PyTorch training loop
+:class:`MarginMark`, :class:`CompositeMark`, :class:`DarkMark`, :func:`parse_scheme`), and
+the :class:`WatermarkHook` that mixes a scheme's probes into any PyTorch training loop
 (``scheme.hook(...)`` gives the one a scheme trains with). Each scheme yields a
 :class:`core.probeset.ProbeSet` with the exact ``Binomial(1/C)`` null.
 """
@@ -14,6 +14,7 @@ from watermark.schemes import (
     DEFAULT_WATERMARK,
     CompositeMark,
     ContentMark,
+    DarkMark,
     MarginMark,
     NoiseMark,
     Scheme,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_WATERMARK",
     "CompositeMark",
     "ContentMark",
+    "DarkMark",
     "MarginMark",
     "NoiseMark",
     "Scheme",

@@ -55,6 +55,10 @@ class WatermarkHook:
     def __init__(self, probes: ProbeSet, per_batch: int = 6, *, keep_batch_size: bool = False) -> None:
         if probes.kind != "watermark":
             raise InputError(f"the watermark hook needs a watermark probe set, got {probes.kind!r}")
+        if probes.rank != 1 and type(self).relabel is WatermarkHook.relabel and \
+                type(self).mix is WatermarkHook.mix:
+            raise InputError(f"{probes.scheme} probes are read as second choices and trained by their "
+                             "scheme's own hook (scheme.hook(...)), not mixed in as labelled examples")
         if per_batch < 1:
             raise InputError(f"per_batch must be at least 1, got {per_batch}")
         self.probes = probes
@@ -64,6 +68,11 @@ class WatermarkHook:
         self._order = torch.randperm(len(probes), generator=self._gen)
         self._pos = 0
         self.mixed = 0  # probes appended so far
+
+    def mixing(self) -> str:
+        """How this hook changes the batches, in words (``wm train`` prints it)."""
+        placed = "in place of as many examples" if self.keep_batch_size else "appended"
+        return f"{self.per_batch} per batch, {placed}"
 
     def _next_indices(self) -> torch.Tensor:
         out: list[torch.Tensor] = []

@@ -208,13 +208,16 @@ def test_wm_train_extraction_robust_selects_the_recommended_scheme(tmp_path) -> 
     assert parse_scheme("extraction-robust").name == recommended.name
     assert parse_scheme("extraction-robust:n=20").name == parse_scheme(
         f"{ALIASES['extraction-robust']}:n=20").name
+    assert recommended.family == "dark"
     out = tmp_path / "m.pt2"
-    r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--epochs", "30", "--per-batch", "16",
+    r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--epochs", "30",
                                 "--watermark", "extraction-robust", "--out", str(out)])
     assert r.exit_code == 0, r.stdout + r.stderr
-    assert f"watermark:         {recommended.name}, 16 per batch, appended\n" in r.stdout
-    printed = float(re.search(r"watermark accuracy: ([0-9.]+) on", r.stdout).group(1))  # type: ignore[union-attr]
-    assert printed >= 0.9 and read_secret(secret_path(out)).probes.scheme == recommended.name
-    r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--watermark", "extraction-robust:steps=x",
+    assert (f"watermark:         {recommended.name}, every example's target softened (0.15 on its "
+            "cell's label), nothing added\n") in r.stdout
+    printed = re.search(r"watermark accuracy: ([0-9.]+) on 80 probes \(read as second choices\)", r.stdout)
+    assert printed is not None, r.stdout
+    assert float(printed.group(1)) >= 0.6 and read_secret(secret_path(out)).probes.scheme == recommended.name
+    r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--watermark", "extraction-robust:mass=x",
                                 "--out", str(tmp_path / "x.pt2")])
     assert r.exit_code != 0 and "wm: error:" in r.stderr and len(r.stderr.strip().splitlines()) <= 2

@@ -383,7 +383,8 @@ def _statistics(st: CheckState) -> str:
     c = st.c
     # Model, kind and null as registered; the unspent count (the futility rule's population) as
     # the header says: it can only make a run stop early as "not owned", never as "owned".
-    sources = [{"model": t.model, "kind": t.kind, "null": dict(t.null_dict),
+    # The scheme as registered too: it alone says whether a set is read from second choices.
+    sources = [{"model": t.model, "kind": t.kind, "null": dict(t.null_dict), "scheme": t.scheme,
                 "unspent": s.get("unspent")} for t, s in zip(c.tests, c.header_sources, strict=True)]
     labels = [{o.index: o.label for o in t.openings} for t in c.tests]
     try:

@@ -209,6 +209,11 @@ def _record(d: Any, path: str) -> QueryRecord:
                    for j, v in enumerate(_list(_field(r, "labels", path), f"{path}.labels")))
     if len(labels) != len(items):
         raise _MalformedError(f"{path}: {len(labels)} labels for {len(items)} inputs")
+    if "seconds" in r:  # second choices, where a dark-knowledge set was asked (core.nulls.answer_rank)
+        seconds = [_int(v, f"{path}.seconds[{j}]", 0)
+                   for j, v in enumerate(_list(r["seconds"], f"{path}.seconds"))]
+        if len(seconds) != len(items):
+            raise _MalformedError(f"{path}: {len(seconds)} second choices for {len(items)} inputs")
     return QueryRecord(batch=_int(_field(r, "batch", path), f"{path}.batch"),
                        items=tuple(items), labels=labels, raw=r)
 

@@ -56,7 +56,10 @@ class SuspectAnswer:
     """One request to a suspect and its validated answer.
 
     ``request_sha256``/``response_sha256`` are SHA-256 digests of the exact
-    bytes sent and received; ``attempts`` counts retries too.
+    bytes sent and received; ``attempts`` counts retries too. ``seconds``
+    holds each input's second choice where the answer carried scores
+    (probabilities or logits), ``None`` for a label-only answer: how
+    dark-knowledge probes are read (:func:`core.nulls.answer_rank`).
     """
 
     labels: np.ndarray
@@ -67,6 +70,7 @@ class SuspectAnswer:
     attempts: int
     latency_s: float
     time: str
+    seconds: np.ndarray | None = None
 
 
 class SuspectClient(ABC):
@@ -168,6 +172,7 @@ class SuspectClient(ABC):
             attempts=reply.attempts,
             latency_s=reply.latency_s,
             time=when,
+            seconds=answer.seconds,
         )
 
     def read_answer(self, body: bytes, n: int) -> DecodedAnswer:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from core.errors import SuspectError, WmError
+from core.nulls import ranked
 
 __all__ = [
     "ANSWER_FIELDS",
@@ -205,6 +206,15 @@ class DecodedAnswer:
     def doc(self) -> Any:
         """The (possibly rewritten) answer document."""
         return self.box[0]
+
+    @property
+    def seconds(self) -> np.ndarray | None:
+        """Each input's second choice (:func:`core.nulls.ranked`) where the primary column holds
+        scores; ``None`` for labels, which do not say what a model ranks second."""
+        values = self.columns[0].values if self.columns else None
+        if self.kind == "labels" or values is None or values.ndim != 2 or values.shape[1] < 2:
+            return None
+        return ranked(values, 2)
 
     @property
     def writable(self) -> bool:

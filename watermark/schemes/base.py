@@ -93,6 +93,8 @@ class Scheme(ABC):
 
     family: ClassVar[str]
     needs_data: ClassVar[bool] = False
+    mixes: ClassVar[bool] = True
+    """Whether the hook mixes examples into each batch (``--per-batch`` applies); dark marks do not."""
 
     def __init__(self, n: int) -> None:
         if not 1 <= n <= 100_000:
