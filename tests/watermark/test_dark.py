@@ -240,3 +240,13 @@ def test_replay_rereads_second_choices_so_recorded_answers_must_stand(
     r = runner.invoke(wm, ["evidence", "replay", str(ev), "--suspect", other, "--owner-key", pub, "--json"])
     out = json.loads(r.output)
     assert r.exit_code != 0 and out["stands"] is False and out["verdict"] == "not_owned", r.output
+
+
+def test_wm_train_refuses_per_batch_for_marks_that_mix_nothing_in(tmp_path: Path) -> None:
+    from cli.main import _register_commands, wm
+
+    _register_commands()
+    r = CliRunner().invoke(wm, ["--home", str(tmp_path), "train", "--watermark", "dark", "--per-batch", "4",
+                                "--out", str(tmp_path / "m.pt2")])
+    assert r.exit_code != 0 and "--per-batch does not apply to dark marks" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2 and not (tmp_path / "m.pt2").exists()

@@ -44,7 +44,14 @@ them), which is why the label must be key-random and counted per cell: a
 fixed or data-chosen runner-up would be matched by the Rashomon set.
 
 Measured on Fashion-MNIST (``benchmarks/robust_marks.py``,
-``benchmarks/results/robust-fmnist.md``).
+``benchmarks/results/robust-fmnist.md``; a 6-epoch ``convnet`` owner, 80
+cells, mass 0.15): 0.44 to 0.66 points of clean accuracy, no extra training
+time; copies extracted through an API answering probabilities (5k and 20k
+queries, the owner's architecture or another) and distilled copies (T = 3)
+owned at 1e-6 for three owner seeds (p <= 3.6e-11); copies extracted from
+labels alone, RTAL and 90% fine-pruning are not (matches 0.09 to 0.16: hard
+labels carry no runner-up). No independent control was owned. With mass 0.3
+the drop was 3.6 points, with 0.1 a 5k-query copy was not always owned.
 """
 
 from __future__ import annotations
