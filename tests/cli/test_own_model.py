@@ -101,7 +101,7 @@ def _image_models(w: World) -> dict[str, Path]:
     np.savez(w.dir / "images.npz", x=x, y=y, mean=MEAN, std=STD)
     owner = w.dir / "owner-img.pt2"
     code, out, err = _wm(w, "train", "--data", str(w.dir / "images.npz"), "--arch", f"{MODULE}:small_cnn",
-                         "--epochs", "15", "--watermark", "trigger-set:n=30", "--out", str(owner),
+                         "--epochs", "15", "--watermark", "trigger-set:n=60", "--out", str(owner),
                          "--register", "owner-img")
     assert code == 0, err
     assert f"trained:           {MODULE}:small_cnn, 15 epochs of 64" in out
