@@ -375,5 +375,15 @@ def test_v1_and_torchserve_answers_as_dicts(deployed: BackgroundServer, protocol
     with make_client(protocol, deployed.url + path, num_classes=10, input_shape=(1, 8, 8)) as client:
         client.describe()
         rows = [x[i : i + 1] for i in range(len(x))] if client.max_batch == 1 else [x]
-        labels = np.concatenate([client.infer(r).labels for r in rows])
+        answers = [client.infer(r) for r in rows]
+        labels = np.concatenate([a.labels for a in answers])
     assert labels.tolist() == [label_of(r) for r in x]
+    # second choices (dark-knowledge sets): from the scores, or the map's runner-up; none from a bare label
+    seconds = [a.seconds for a in answers]
+    if path == "/predictions/record":
+        assert all(s is None for s in seconds)
+    elif path == "/predictions/topk":
+        assert np.concatenate(seconds).tolist() == [(label_of(r) + 1) % 10 for r in x]
+    else:  # probabilities 0.91 on the label, 0.01 elsewhere: the runner-up is the lowest other class
+        assert np.concatenate(seconds).tolist() == [
+            0 if label_of(r) != 0 else 1 for r in x]

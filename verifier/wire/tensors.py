@@ -201,6 +201,8 @@ class DecodedAnswer:
     labels: np.ndarray
     kind: OutputKind
     columns: tuple[AnswerColumn, ...]
+    ranked_second: np.ndarray | None = None
+    """Second choices a form states outright (a top-k map), where the columns hold labels only."""
 
     @property
     def doc(self) -> Any:
@@ -211,6 +213,8 @@ class DecodedAnswer:
     def seconds(self) -> np.ndarray | None:
         """Each input's second choice (:func:`core.nulls.ranked`) where the primary column holds
         scores; ``None`` for labels, which do not say what a model ranks second."""
+        if self.ranked_second is not None:
+            return self.ranked_second
         values = self.columns[0].values if self.columns else None
         if self.kind == "labels" or values is None or values.ndim != 2 or values.shape[1] < 2:
             return None

@@ -65,15 +65,15 @@ class TorchServeClient(SuspectClient):
 
 
 def _top_k(doc: dict[str, Any], num_classes: int) -> np.ndarray | None:
-    """The label of a top-k map ``{"class index": score}``; ``None`` if ``doc`` is not one."""
+    """The best and second-best classes of a top-k map ``{"class index": score}`` (one where the map
+    holds one); ``None`` if ``doc`` is not such a map."""
     if not doc or ANSWER_FIELDS & doc.keys() or not all(type(v) in (int, float) for v in doc.values()):
         return None
-    best = max(doc.items(), key=lambda kv: kv[1])[0]
     try:
-        label = int(best)
+        ranked = sorted(((-float(v), int(k)) for k, v in doc.items()))  # best first, ties to the lower class
     except ValueError as exc:
         raise SuspectError("suspect's answer maps class names that are not class indices") from exc
-    labels, _ = interpret_outputs([label], n=1, num_classes=num_classes)
+    labels, _ = interpret_outputs([c for _, c in ranked[:2]], n=min(2, len(ranked)), num_classes=num_classes)
     return labels
 
 
@@ -92,10 +92,11 @@ def read_answer(doc: Any, n: int, num_classes: int) -> DecodedAnswer:
     if isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], dict):
         doc = doc[0]
     if isinstance(doc, dict):
-        labels = _top_k(doc, num_classes)
-        if labels is not None:
+        top = _top_k(doc, num_classes)
+        if top is not None:  # the best class, and the runner-up where the map names one
+            labels = top[:1]
             column, _ = read_column(labels.tolist(), 1, num_classes, what, None)
-            return DecodedAnswer(box, labels, "labels", (column,))
+            return DecodedAnswer(box, labels, "labels", (column,), top[1:] if len(top) > 1 else None)
         columns, labels, kind = read_records([doc], 1, num_classes, what)
         return DecodedAnswer(box, labels, kind, columns)
     row = doc if isinstance(doc, list) and doc and isinstance(doc[0], list) else [doc]
