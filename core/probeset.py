@@ -61,6 +61,7 @@ __all__ = [
 Kind = Literal["watermark", "fingerprint", "guard"]
 KINDS: tuple[str, ...] = ("watermark", "fingerprint", "guard")
 
+
 @dataclass(frozen=True, eq=False)
 class ProbeSet:
     """Inputs, expected labels and a null model, committed by a Merkle root.

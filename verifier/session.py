@@ -98,7 +98,7 @@ class SessionResult:
         """What the reader of the verdict must know: a dark-knowledge set (read from second
         choices) asked of a suspect whose answers held labels only counts every probe as a miss."""
         dark = sorted({s.probes.scheme for s in self.sources if s.probes.rank == 2})
-        bare = any(r.get("type") == "query" and r.get("output") == "labels" for r in self.records)
+        bare = any(r.get("type") == "query" and "seconds" not in r for r in self.records)
         if not dark or not bare:
             return []
         return [f"the suspect answered labels only; {', '.join(dark)} is read from second choices, "
