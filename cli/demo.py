@@ -40,6 +40,11 @@ MODEL = "owner-cnn"
 DEMO_PASSPHRASE = "wm-demo-passphrase"  # a throwaway key for the demo only
 GUARD_RATE = 0.03
 STARTUP_S = 300  # a server imports torch first: seconds on an idle machine, minutes on a busy one
+DEMO_WATERMARK = "trigger-set:n=300+dark:mass=0.15:n=80"
+"""The default trigger set, and dark-knowledge marks for distilled copies."""
+BUDGET = 320
+"""Probes per suspect at most, over every committed set of the model (the verifier stops once it
+decides): enough for all 80 of the dark set, which gets about a quarter of them."""
 EXTRACTION_QUERIES = 1617  # the attacker pool (539) and two noisy, shifted copies of it
 
 
@@ -183,9 +188,10 @@ def demo_cmd(ctx: Context, out: str) -> None:
     with _servers(runner):
         click.echo("1. the owner creates a signing key (demo passphrase from the environment)")
         runner.run("keygen", "--name", "demo-owner")
-        click.echo("2. trains a watermarked CNN on digits and registers it")
-        runner.run("train", "--data", "digits", "--epochs", "30", "--out", str(owner_pt2),
-                   "--register", MODEL)
+        click.echo("2. trains a watermarked CNN on digits and registers it (two marks: triggers, and "
+                   "dark knowledge for copies that learn from its probabilities)")
+        runner.run("train", "--data", "digits", "--epochs", "30", "--watermark", DEMO_WATERMARK,
+                   "--out", str(owner_pt2), "--register", MODEL)
         if _has_fingerprint():
             click.echo("3. derives conferrable-example fingerprints and registers them")
             runner.run("fingerprint", MODEL, "--data", "digits", "--model", str(owner_pt2))
@@ -198,10 +204,10 @@ def demo_cmd(ctx: Context, out: str) -> None:
         guard_url = runner.start("guard", "guard", "--upstream", f"{owner_url}/infer", "--model", MODEL,
                                  "--rate", str(GUARD_RATE), ready_path=model_path) + model_path
 
-        click.echo("5. three suspects appear")
+        click.echo("5. four suspects appear")
+        weights = to_trainable(load_model(owner_pt2))
         stolen = attacks.Prune(0.3)(
-            attacks.FineTune("all", epochs=10)(to_trainable(load_model(owner_pt2)),
-                                               splits.attacker_pool, seed=11), seed=11)
+            attacks.FineTune("all", epochs=10)(weights, splits.attacker_pool, seed=11), seed=11)
         click.echo("   a. weight theft: the weights fine-tuned on the attacker's pool, then 30% pruned")
         answer, client = _answer_via_http(f"{guard_url}/infer", classes, splits.input_shape)
         with client:
@@ -211,8 +217,12 @@ def demo_cmd(ctx: Context, out: str) -> None:
                    "labels only, a CNN trained on the answers")
         independent = train_new("cnn", splits.attacker_pool.x, splits.attacker_pool.y,
                                 num_classes=classes, epochs=30, seed=13)
-        click.echo("   c. an independent CNN trained on its own labelled digits (the control)")
-        suspects = {"weight-theft": stolen, "extracted": surrogate, "independent": independent}
+        distilled = attacks.Distill(None, temperature=3.0, epochs=30)(weights, splits.attacker_pool, seed=14)
+        click.echo("   c. distillation: the stolen weights distilled into a fresh CNN on the attacker's "
+                   "pool (T = 3), served with probabilities")
+        click.echo("   d. an independent CNN trained on its own labelled digits (the control)")
+        suspects = {"weight-theft": stolen, "extracted": surrogate, "distilled": distilled,
+                    "independent": independent}
         for name, model in suspects.items():
             save_model(model, out_dir / f"suspect-{name}.pt2", input_shape=splits.input_shape,
                        num_classes=classes, arch="cnn", input_range=splits.input_range)
@@ -225,11 +235,12 @@ def demo_cmd(ctx: Context, out: str) -> None:
         rows = []
         for name in suspects:
             path = f"/v2/models/{name}"
+            output = ["--output", "probabilities"] if name == "distilled" else []
             url = runner.start(f"serve-{name}", "serve", str(out_dir / f"suspect-{name}.pt2"),
-                               "--name", name, ready_path=path) + path
+                               "--name", name, *output, ready_path=path) + path
             bundle = out_dir / f"evidence-{name}.json"
             proc = runner.run("verify", "--suspect", f"{url}/infer", "--model", MODEL, "--json",
-                              "--evidence", str(bundle), ok_codes=(0, 1))
+                              "--budget", str(BUDGET), "--evidence", str(bundle), ok_codes=(0, 1))
             result = json.loads(proc.stdout)
             runner.run("evidence", "check", str(bundle), "--owner-key", str(runner.home / "owner.pub"))
             runner.stop_all()
@@ -248,7 +259,8 @@ def demo_cmd(ctx: Context, out: str) -> None:
     click.echo("HTML reports: " + ", ".join(Path(r["report"]).name for *_, r in rows))
     click.echo(f"everything is in {out_dir} (registry and keys in {runner.home}); "
                f"{time.monotonic() - started:.0f} s")
-    expected = {"weight-theft": "owned", "extracted": "owned", "independent": "not_owned"}
+    expected = {"weight-theft": "owned", "extracted": "owned", "distilled": "owned",
+                "independent": "not_owned"}
     wrong = [n for n, _, r in rows if r["verdict"] != expected[n]]
     if wrong:
         raise DemoError(f"unexpected verdict for {', '.join(wrong)}")

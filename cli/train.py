@@ -23,6 +23,7 @@ from watermark import (
     parse_scheme,
     write_secret,
 )
+from watermark.hook import ChainedHooks, WatermarkHook
 from watermark.schemes.base import EXPOSURES, mixing_for_run
 from watermark.secret import secret_path
 
@@ -42,8 +43,9 @@ from watermark.secret import secret_path
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help=f"Default: the data's recipe (fashion-mnist: {FASHION_MNIST_RECIPE.batch_size}, else 64).")
 @click.option("--watermark", "scheme_spec", default=DEFAULT_WATERMARK, show_default=True,
-              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite), "
-              "'extraction-robust' (the scheme recommended against model stealing) or 'none'.")
+              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite, dark), "
+              "'extraction-robust' (the scheme recommended against model stealing) or 'none'; "
+              "several joined by '+' (e.g. trigger-set+extraction-robust) embed one set each.")
 @click.option("--per-batch", default=None, type=click.IntRange(min=1),
               help="Watermark probes mixed into each batch. Default: the scheme's (margin, composite: 16; "
               f"others enough for each probe to be seen {EXPOSURES} times over the run, at most 6 per 100 "
@@ -94,19 +96,26 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
     model = build_model(arch, splits.input_shape, splits.num_classes)
     hook = None
     secret = None
+    hooks: list[WatermarkHook] = []
     if scheme_spec != "none":
-        scheme = parse_scheme(scheme_spec)
-        if per_batch is not None and not scheme.mixes:
-            raise InputError(f"--per-batch does not apply to {scheme.family} marks: they soften every "
+        schemes = [parse_scheme(spec) for spec in scheme_spec.split("+")]
+        if len({s.name for s in schemes}) != len(schemes):
+            raise InputError(f"--watermark names one scheme twice: {scheme_spec}")
+        if per_batch is not None and not any(s.mixes for s in schemes):
+            raise InputError(f"--per-batch does not apply to {schemes[0].family} marks: they soften every "
                              "example's target and mix nothing in")
-        key = WatermarkKey.generate()
-        probes = scheme.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
-                               data=splits.train, input_range=splits.input_range)
-        secret = WatermarkSecret(key=key, probes=probes)
-        k, in_place = mixing_for_run(scheme, len(probes), train_size=len(splits.train), epochs=epochs,
-                                     batch_size=batch_size, per_batch=per_batch)
-        hook = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=k)
-        hook.keep_batch_size = in_place
+        key = WatermarkKey.generate()  # one key; each scheme derives its own set from it
+        sets = [s.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
+                         data=splits.train, input_range=splits.input_range) for s in schemes]
+        secret = WatermarkSecret(key=key, probes=sets[0], more=tuple(sets[1:]))
+        for scheme, probes in zip(schemes, sets, strict=True):
+            k, in_place = mixing_for_run(scheme, len(probes), train_size=len(splits.train), epochs=epochs,
+                                         batch_size=batch_size, per_batch=per_batch)
+            h = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=k)
+            h.keep_batch_size = in_place
+            hooks.append(h)
+        # marks that soften the batch's own targets first; mixing hooks then append one-hot rows
+        hook = ChainedHooks(sorted(hooks, key=lambda h: h.mixes))
     cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
@@ -124,14 +133,14 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
                f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''})")
     click.echo(f"clean accuracy:    {clean:.4f} on {len(splits.test)} {splits.name} test examples")
     if secret is not None:
-        rank = secret.probes.rank
-        wm_acc = accuracy(model, secret.probes.inputs, secret.probes.expected, rank=rank)
         path = write_secret(secret_path(out_path), secret)
-        assert hook is not None
-        click.echo(f"watermark:         {secret.probes.scheme}, {hook.mixing()}")
-        click.echo(f"watermark accuracy: {wm_acc:.4f} on {len(secret.probes)} probes"
-                   f"{' (read as second choices)' if rank == 2 else ''} "
-                   f"(chance {1 / splits.num_classes:.2f})")
+        for probes, h in zip(secret.sets, hooks, strict=True):
+            rank = probes.rank
+            wm_acc = accuracy(model, probes.inputs, probes.expected, rank=rank)
+            click.echo(f"watermark:         {probes.scheme}, {h.mixing()}")
+            click.echo(f"watermark accuracy: {wm_acc:.4f} on {len(probes)} probes"
+                       f"{' (read as second choices)' if rank == 2 else ''} "
+                       f"(chance {1 / splits.num_classes:.2f})")
         click.echo(f"watermark secret:  {path} (keep it private)")
     else:
         click.echo("watermark:         none")

@@ -30,6 +30,7 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "SIDECAR_TYPE",
     "Registration",
+    "read_further_sets",
     "read_watermark_secret",
     "register_model",
 ]
@@ -76,6 +77,25 @@ def read_watermark_secret(path: str | Path) -> tuple[bytes, ProbeSet]:
     return key, probeset
 
 
+def read_further_sets(path: str | Path) -> tuple[ProbeSet, ...]:
+    """The further probe sets of a ``.wmkey`` sidecar (``wm train --watermark A+B``), in order.
+
+    Raises:
+        InputError: unreadable or malformed.
+    """
+    from core.probeset import ProbeSet
+
+    p = Path(path)
+    try:
+        doc = parse_json(p.read_bytes(), what=str(p))
+    except OSError as exc:
+        raise InputError(f"cannot read watermark secret {p}: {exc.strerror}") from exc
+    more = doc.get("more", []) if isinstance(doc, dict) else []
+    if not isinstance(more, list) or not all(isinstance(m, str) for m in more):
+        raise InputError(f"watermark secret {p}: its further probe sets are malformed")
+    return tuple(ProbeSet.from_bytes(b64d(m, what="probe set")) for m in more)
+
+
 def register_model(
     registry: Registry,
     owner_key: OwnerKey,
@@ -105,9 +125,10 @@ def register_model(
     side = Path(sidecar) if sidecar is not None else path.with_name(path.name + SIDECAR_SUFFIX)
     if sidecar is not None or side.exists():
         secret = read_watermark_secret(side)
-        probeset = secret[1]
-        if probeset.num_classes != model.num_classes or probeset.input_shape != tuple(model.input_shape):
-            raise InputError(f"watermark secret {side} does not fit model {path}")
+        further = read_further_sets(side)
+        for probeset in (secret[1], *further):
+            if probeset.num_classes != model.num_classes or probeset.input_shape != tuple(model.input_shape):
+                raise InputError(f"watermark secret {side} does not fit model {path}")
     entry = registry.add_model(
         owner_key,
         name,
@@ -121,5 +142,7 @@ def register_model(
     probeset_id = None
     if secret is not None:
         probeset_id = registry.add_probeset(owner_key, name, secret[1], secret_key=secret[0])
+        for more in further:  # one committed set per scheme the model was trained with
+            registry.add_probeset(owner_key, name, more, secret_key=secret[0])
     info = registry.model(name)
     return Registration(name=name, model_entry=entry, probeset_id=probeset_id, file_sha256=info.file_sha256)

@@ -35,7 +35,7 @@ import torch
 from core.errors import InputError
 from core.probeset import ProbeSet
 
-__all__ = ["WatermarkHook"]
+__all__ = ["ChainedHooks", "WatermarkHook"]
 
 
 class WatermarkHook:
@@ -69,6 +69,9 @@ class WatermarkHook:
         self._pos = 0
         self.mixed = 0  # probes appended so far
 
+    mixes = True
+    """Whether the hook mixes examples in (dark marks' hooks soften targets instead)."""
+
     def mixing(self) -> str:
         """How this hook changes the batches, in words (``wm train`` prints it)."""
         placed = "in place of as many examples" if self.keep_batch_size else "appended"
@@ -95,16 +98,23 @@ class WatermarkHook:
                 f"batch inputs have shape {list(x.shape[1:])}, "
                 f"the watermark probes {list(self.probes.input_shape)}"
             )
-        if y.dtype.is_floating_point:
-            raise InputError("the watermark hook needs integer class labels, not probabilities")
+        soft = y.dtype.is_floating_point
+        if soft and (y.dim() != 2 or y.shape[1] != self.probes.num_classes):
+            raise InputError("the watermark hook needs integer class labels, or soft targets "
+                             f"[N, {self.probes.num_classes}] (another hook's, e.g. a dark mark's)")
         idx = self._next_indices()
         px, py = self.examples(idx)
         k = px.shape[0]  # per_batch, or more where a scheme adds examples of its own (negatives)
         if self.keep_batch_size and x.shape[0] > k:
             x, y = x[:-k], y[:-k]
         px = px.to(device=x.device, dtype=x.dtype)
-        py = py.to(device=y.device, dtype=y.dtype)
         self.mixed += len(idx)
+        if soft:  # after a hook that softened the targets: the probes' labels as one-hot rows
+            if type(self).relabel is not WatermarkHook.relabel:
+                raise InputError("this scheme relabels the batch's own examples; put it first")
+            onehot = torch.nn.functional.one_hot(py.long(), self.probes.num_classes)
+            return _append_keeping_layout(x, px), torch.cat([y, onehot.to(device=y.device, dtype=y.dtype)])
+        py = py.to(device=y.device, dtype=y.dtype)
         return _append_keeping_layout(x, px), torch.cat([self.relabel(x, y), py])
 
     def examples(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,3 +179,20 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
             return x, y
     raise InputError("the watermark hook needs batches of (inputs, labels) tensors")
+
+
+class ChainedHooks:
+    """Several hooks over one loop, in order: ``hooks[-1](... hooks[0](loader))``.
+
+    Put hooks that soften the batch's own targets (dark marks) first; mixing
+    hooks after them append their probes as one-hot rows.
+    """
+
+    def __init__(self, hooks: Sequence[WatermarkHook]) -> None:
+        self.hooks = list(hooks)
+
+    def __call__(self, loader: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        out: Iterable[Any] = loader
+        for hook in self.hooks:
+            out = hook(out)
+        return iter(out)

@@ -29,10 +29,17 @@ SECRET_SUFFIX = ".wmkey"
 
 @dataclass(frozen=True)
 class WatermarkSecret:
-    """A watermark key with the probe set it produced."""
+    """A watermark key with the probe set it produced (and any more sets it produced for the
+    same model, one per scheme: ``wm train --watermark A+B``)."""
 
     key: WatermarkKey
     probes: ProbeSet
+    more: tuple[ProbeSet, ...] = ()
+
+    @property
+    def sets(self) -> tuple[ProbeSet, ...]:
+        """Every probe set, the first one first."""
+        return (self.probes, *self.more)
 
 
 def secret_path(model_path: str | Path) -> Path:
@@ -50,6 +57,7 @@ def write_secret(path: str | Path, secret: WatermarkSecret) -> Path:
             "key": b64e(secret.key.secret),
             "scheme": secret.probes.scheme,
             "probeset": b64e(secret.probes.to_bytes()),
+            **({"more": [b64e(p.to_bytes()) for p in secret.more]} if secret.more else {}),
         }
     )
     return write_private(p, data)
@@ -66,6 +74,10 @@ def read_secret(path: str | Path) -> WatermarkSecret:
     try:
         key = WatermarkKey(b64d(d["key"], what="watermark key"))
         probes = ProbeSet.from_bytes(b64d(d["probeset"], what="probe set"))
+        more = d.get("more", [])
+        if not isinstance(more, list) or not all(isinstance(m, str) for m in more):
+            raise InputError(f"{p}: its further probe sets are malformed")
+        extra = tuple(ProbeSet.from_bytes(b64d(m, what="probe set")) for m in more)
     except KeyError as exc:
         raise InputError(f"{p} lacks the field {exc.args[0]!r}") from exc
-    return WatermarkSecret(key=key, probes=probes)
+    return WatermarkSecret(key=key, probes=probes, more=extra)

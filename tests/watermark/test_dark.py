@@ -250,3 +250,46 @@ def test_wm_train_refuses_per_batch_for_marks_that_mix_nothing_in(tmp_path: Path
                                 "--out", str(tmp_path / "m.pt2")])
     assert r.exit_code != 0 and "--per-batch does not apply to dark marks" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2 and not (tmp_path / "m.pt2").exists()
+
+
+def test_wm_train_embeds_a_trigger_set_and_a_dark_mark_together_and_registers_both(tmp_path: Path) -> None:
+    """``--watermark A+B``: one key, one set per scheme, the dark hook first, both committed."""
+    from cli.main import _register_commands, wm
+    from registry import Registry
+    from watermark import read_secret
+    from watermark.secret import secret_path
+
+    _register_commands()
+    env = {"WM_HOME": str(tmp_path / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
+    runner = CliRunner(env=env)
+    assert runner.invoke(wm, ["keygen", "--name", "alice"]).exit_code == 0
+    out = tmp_path / "m.pt2"
+    r = runner.invoke(wm, ["train", "--epochs", "30", "--watermark", "trigger-set:n=50+dark:n=40",
+                           "--out", str(out), "--register", "both"])
+    assert r.exit_code == 0, r.output
+    assert "watermark:         trigger-set:n=50:pattern=noise, 6 per batch" in r.output
+    assert "watermark:         dark:mass=0.15:n=40, every example's target softened" in r.output
+    accs = [float(v) for v in __import__("re").findall(r"watermark accuracy: ([0-9.]+)", r.output)]
+    assert len(accs) == 2 and accs[0] >= 0.95 and accs[1] >= 0.6, r.output
+    secret = read_secret(secret_path(out))
+    assert [p.scheme for p in secret.sets] == ["trigger-set:n=50:pattern=noise", "dark:mass=0.15:n=40"]
+    with Registry.open(f"sqlite:///{tmp_path / 'home' / 'registry.db'}") as reg:
+        committed = {ps.scheme for ps in reg.probesets("both")}
+    assert committed == {p.scheme for p in secret.sets}
+    r = runner.invoke(wm, ["train", "--watermark", "dark+dark", "--out", str(tmp_path / "x.pt2")])
+    assert r.exit_code != 0 and "names one scheme twice" in r.output
+
+
+def test_a_mixing_hook_after_a_dark_hook_appends_one_hot_rows() -> None:
+    from watermark import TriggerSet, WatermarkHook
+    from watermark.hook import ChainedHooks
+
+    splits = load_digits()
+    dark = DarkMark(n=20).probes(KEY, num_classes=10, input_shape=splits.input_shape, data=splits.train)
+    trig = TriggerSet(n=10).probes(KEY, num_classes=10, input_shape=splits.input_shape)
+    chain = ChainedHooks([DarkHook(dark, splits.train, mass=0.15), WatermarkHook(trig, per_batch=4)])
+    x, y = splits.train.x[:32], splits.train.y[:32]
+    (xb, yb), = list(chain([(x, y)]))
+    assert xb.shape[0] == 36 and yb.shape == (36, 10) and torch.allclose(yb.sum(1), torch.ones(36))
+    assert bool((yb[32:].max(1).values == 1).all())  # the probes: one-hot at their key labels
+    assert set(yb[32:].argmax(1).tolist()) <= set(trig.expected.tolist())

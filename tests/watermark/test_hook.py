@@ -59,7 +59,7 @@ def test_mixed_labels_are_the_probe_labels(probes) -> None:  # type: ignore[no-u
     [
         ((torch.zeros(2, 1, 9, 9), torch.zeros(2, dtype=torch.int64)),
          r"batch inputs have shape \[1, 9, 9\]"),
-        ((torch.zeros(2, 1, 8, 8), torch.zeros(2, 10)), "needs integer class labels"),
+        ((torch.zeros(2, 1, 8, 8), torch.zeros(2, 7)), "needs integer class labels, or soft targets"),
         ((torch.zeros(2, 1, 8, 8),), r"needs batches of \(inputs, labels\) tensors"),
         ({"x": 1}, r"needs batches of \(inputs, labels\) tensors"),
     ],

@@ -170,6 +170,8 @@ class DarkHook(WatermarkHook):
         self.classes = _classes_of(probes.inputs, data)
         self.marked = 0  # examples given a softened target so far
 
+    mixes = False
+
     def mixing(self) -> str:
         return f"every example's target softened ({self.mass:g} on its cell's label), nothing added"
 
