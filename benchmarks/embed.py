@@ -37,7 +37,7 @@ from core.arch import build_model
 from core.data import BUILTIN, Dataset, Splits, load_data
 from core.probeset import ProbeSet
 from core.training import Recipe, accuracy, default_recipe, training_epochs
-from watermark import Scheme, WatermarkHook, WatermarkKey, parse_scheme
+from watermark import Scheme, WatermarkKey, parse_scheme
 from watermark.schemes.base import mixing_for_run
 
 # (scheme, probes mixed into each batch): 100 triggers (the old default), and Zhang et al.'s
@@ -81,16 +81,17 @@ class Figures:
     wall_ratio: list[float] = field(default_factory=list)
 
 
-def _run(splits: Splits, recipe: Recipe, seed: int, probes: ProbeSet | None, per_batch: int,
-         in_place: bool = False, *, scheme: Scheme | None = None, key: WatermarkKey | None = None) -> Run:
+def _run(splits: Splits, recipe: Recipe, seed: int,
+         mark: tuple[Scheme, WatermarkKey, ProbeSet, int, bool] | None = None) -> Run:
+    """A run, clean or marked by ``(scheme, key, probes, per_batch, in_place)`` with the scheme's
+    own hook, as ``wm train`` marks it."""
     torch.manual_seed(seed)
     model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
     hook = None
-    if probes is not None and scheme is not None and key is not None:  # the scheme's own hook, as wm train
+    if mark is not None:
+        scheme, key, probes, per_batch, in_place = mark
         hook = scheme.hook(probes, key=key, model=model, data=splits.train, per_batch=per_batch)
         hook.keep_batch_size = in_place
-    elif probes is not None:
-        hook = WatermarkHook(probes, per_batch, keep_batch_size=in_place)
     steps = training_epochs(model, splits.train.x, splits.train.y, epochs=recipe.epochs, seed=seed,
                             batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule,
                             hook=hook)
@@ -101,7 +102,7 @@ def _warm_up(splits: Splits, recipe: Recipe) -> None:
     """One untimed epoch on a slice, so that torch's one-off start-up costs fall on no measured run."""
     part = Splits(splits.name, Dataset(splits.train.x[:512], splits.train.y[:512], splits.num_classes),
                   splits.test, None, splits.num_classes)
-    for _ in _run(part, Recipe(recipe.arch, 1, recipe.batch_size), 0, None, 0).epochs:
+    for _ in _run(part, Recipe(recipe.arch, 1, recipe.batch_size), 0).epochs:
         pass
 
 
@@ -123,8 +124,8 @@ def measure(splits: Splits, recipe: Recipe, seeds: int, schemes: list[str],
             placed = ", in place" if in_place else ""
             how = f"per_batch={per_batch}{placed}" if scheme.mixes else "soft targets"
             marked[f"{scheme.name} ({how})"] = (
-                probes, _run(splits, recipe, seed, probes, per_batch, in_place, scheme=scheme, key=key))
-        clean = _run(splits, recipe, seed, None, 0)
+                probes, _run(splits, recipe, seed, (scheme, key, probes, per_batch, in_place)))
+        clean = _run(splits, recipe, seed)
         runs = [clean, *(run for _, run in marked.values())]
         for epoch in range(recipe.epochs):
             for run in runs if epoch % 2 == 0 else runs[::-1]:  # neither always goes first

@@ -233,7 +233,7 @@ def main() -> None:
             "| scheme | t | share p <= t (fixed n) | share p <= t (anytime) |", "|---|---|---|---|",
             *rows, "",
             f"Command: `python -m benchmarks.robust_marks --validity-keys {args.validity_keys} "
-            f"--schemes {args.schemes} --control-epochs {ce}`; "
+            f"--schemes {args.schemes} --epochs {e} --control-epochs {ce} --out {args.out}`; "
             f"{(time.perf_counter() - started) / 60:.0f} min.", ""])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
@@ -319,7 +319,7 @@ def main() -> None:
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
               f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes} "
               f"--seed {args.seed} --controls {args.controls} --control-epochs {ce}"
-              f"{' --headline' if args.headline else ''}`; "
+              f"{' --headline' if args.headline else ''} --out {args.out}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
               f"{(time.perf_counter() - started) / 60:.0f} min wall (models cached: a rerun only re-judges).",

@@ -115,7 +115,8 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
             h.keep_batch_size = in_place
             hooks.append(h)
         # marks that soften the batch's own targets first; mixing hooks then append one-hot rows
-        hook = ChainedHooks(sorted(hooks, key=lambda h: h.mixes))
+        order = sorted(range(len(schemes)), key=lambda i: schemes[i].mixes)
+        hook = ChainedHooks([hooks[i] for i in order])
     cpu = time.process_time()
     with epoch_progress(f"training {arch}", epochs) as progress:
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,

@@ -55,8 +55,7 @@ class WatermarkHook:
     def __init__(self, probes: ProbeSet, per_batch: int = 6, *, keep_batch_size: bool = False) -> None:
         if probes.kind != "watermark":
             raise InputError(f"the watermark hook needs a watermark probe set, got {probes.kind!r}")
-        if probes.rank != 1 and type(self).relabel is WatermarkHook.relabel and \
-                type(self).mix is WatermarkHook.mix:
+        if probes.rank != 1 and type(self).mix is WatermarkHook.mix:
             raise InputError(f"{probes.scheme} probes are read as second choices and trained by their "
                              "scheme's own hook (scheme.hook(...)), not mixed in as labelled examples")
         if per_batch < 1:
@@ -68,9 +67,6 @@ class WatermarkHook:
         self._order = torch.randperm(len(probes), generator=self._gen)
         self._pos = 0
         self.mixed = 0  # probes appended so far
-
-    mixes = True
-    """Whether the hook mixes examples in (dark marks' hooks soften targets instead)."""
 
     def mixing(self) -> str:
         """How this hook changes the batches, in words (``wm train`` prints it)."""
@@ -90,14 +86,18 @@ class WatermarkHook:
             out.append(take)
         return torch.cat(out)
 
-    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch with the next probes appended, or in place of its last examples where
-        ``keep_batch_size``; same device and dtypes as the batch."""
+    def _check_inputs(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.probes.input_shape:
             raise InputError(
                 f"batch inputs have shape {list(x.shape[1:])}, "
                 f"the watermark probes {list(self.probes.input_shape)}"
             )
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch with the next probes appended, or in place of its last examples where
+        ``keep_batch_size``; same device and dtypes as the batch. After a hook that softened
+        the targets (``[N, C]``, a dark mark's) the probes come as one-hot rows."""
+        self._check_inputs(x)
         soft = y.dtype.is_floating_point
         if soft and (y.dim() != 2 or y.shape[1] != self.probes.num_classes):
             raise InputError("the watermark hook needs integer class labels, or soft targets "
@@ -109,9 +109,7 @@ class WatermarkHook:
             x, y = x[:-k], y[:-k]
         px = px.to(device=x.device, dtype=x.dtype)
         self.mixed += len(idx)
-        if soft:  # after a hook that softened the targets: the probes' labels as one-hot rows
-            if type(self).relabel is not WatermarkHook.relabel:
-                raise InputError("this scheme relabels the batch's own examples; put it first")
+        if soft:
             onehot = torch.nn.functional.one_hot(py.long(), self.probes.num_classes)
             return _append_keeping_layout(x, px), torch.cat([y, onehot.to(device=y.device, dtype=y.dtype)])
         py = py.to(device=y.device, dtype=y.dtype)

@@ -12,6 +12,7 @@ count as misses), never as evidence either way.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,20 @@ def test_distilled_and_extracted_copies_are_owned_and_independent_models_are_not
         assert accuracy(world.models[name], world.probes.inputs, world.probes.expected) <= 0.3
 
 
+def _owner(tmp_path: Path, model: Path | None = None) -> CliRunner:
+    """A CLI runner for an owner with a fresh signing key; ``model`` registered as ``owner``."""
+    from cli.main import _register_commands, wm
+
+    _register_commands()
+    env = {"WM_HOME": str(tmp_path / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
+    runner = CliRunner(env=env)
+    assert runner.invoke(wm, ["keygen", "--name", "alice"]).exit_code == 0
+    if model is not None:
+        r = runner.invoke(wm, ["register", str(model), "--name", "owner"])
+        assert r.exit_code == 0, r.output
+    return runner
+
+
 @pytest.fixture(scope="module")
 def served(world: World) -> Iterator[BackgroundServer]:
     apps = {}
@@ -184,14 +199,9 @@ def served(world: World) -> Iterator[BackgroundServer]:
 
 def test_wm_verify_owns_the_distilled_copy_over_http_and_the_bundle_checks(
         world: World, served: BackgroundServer, tmp_path: Path) -> None:
-    from cli.main import _register_commands, wm
+    from cli.main import wm
 
-    _register_commands()
-    env = {"WM_HOME": str(tmp_path / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
-    runner = CliRunner(env=env)
-    assert runner.invoke(wm, ["keygen", "--name", "alice"]).exit_code == 0
-    r = runner.invoke(wm, ["register", str(world.paths["owner"]), "--name", "owner"])
-    assert r.exit_code == 0, r.output
+    runner = _owner(tmp_path, world.paths["owner"])
     ev = tmp_path / "ev.json"
     r = runner.invoke(wm, ["verify", "--suspect", f"{served.url}/v2/models/distilled-probabilities",
                            "--model", "owner", "--json", "--evidence", str(ev)])
@@ -220,13 +230,9 @@ def test_replay_rereads_second_choices_so_recorded_answers_must_stand(
     gives now, so a bundle made against a distilled copy stands against it and
     falls against an independent model's endpoint.
     """
-    from cli.main import _register_commands, wm
+    from cli.main import wm
 
-    _register_commands()
-    env = {"WM_HOME": str(tmp_path / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
-    runner = CliRunner(env=env)
-    assert runner.invoke(wm, ["keygen", "--name", "alice"]).exit_code == 0
-    assert runner.invoke(wm, ["register", str(world.paths["owner"]), "--name", "owner"]).exit_code == 0
+    runner = _owner(tmp_path, world.paths["owner"])
     ev = tmp_path / "ev.json"
     copy_url = f"{served.url}/v2/models/distilled-probabilities"
     r = runner.invoke(wm, ["verify", "--suspect", copy_url, "--model", "owner", "--evidence", str(ev)])
@@ -254,22 +260,19 @@ def test_wm_train_refuses_per_batch_for_marks_that_mix_nothing_in(tmp_path: Path
 
 def test_wm_train_embeds_a_trigger_set_and_a_dark_mark_together_and_registers_both(tmp_path: Path) -> None:
     """``--watermark A+B``: one key, one set per scheme, the dark hook first, both committed."""
-    from cli.main import _register_commands, wm
+    from cli.main import wm
     from registry import Registry
     from watermark import read_secret
     from watermark.secret import secret_path
 
-    _register_commands()
-    env = {"WM_HOME": str(tmp_path / "home"), "WM_PASSPHRASE": "pw", "WM_REGISTRY_URL": ""}
-    runner = CliRunner(env=env)
-    assert runner.invoke(wm, ["keygen", "--name", "alice"]).exit_code == 0
+    runner = _owner(tmp_path)
     out = tmp_path / "m.pt2"
     r = runner.invoke(wm, ["train", "--epochs", "30", "--watermark", "trigger-set:n=50+dark:n=40",
                            "--out", str(out), "--register", "both"])
     assert r.exit_code == 0, r.output
     assert "watermark:         trigger-set:n=50:pattern=noise, 6 per batch" in r.output
     assert "watermark:         dark:mass=0.15:n=40, every example's target softened" in r.output
-    accs = [float(v) for v in __import__("re").findall(r"watermark accuracy: ([0-9.]+)", r.output)]
+    accs = [float(v) for v in re.findall(r"watermark accuracy: ([0-9.]+)", r.output)]
     assert len(accs) == 2 and accs[0] >= 0.95 and accs[1] >= 0.6, r.output
     secret = read_secret(secret_path(out))
     assert [p.scheme for p in secret.sets] == ["trigger-set:n=50:pattern=noise", "dark:mass=0.15:n=40"]

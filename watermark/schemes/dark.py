@@ -165,12 +165,9 @@ class DarkHook(WatermarkHook):
             raise InputError(f"the data's inputs are {list(data.input_shape)}, "
                              f"the probes' {list(probes.input_shape)}")
         self.mass = mass
-        self.num_classes = probes.num_classes
         self._centres = features(probes.inputs)
         self.classes = _classes_of(probes.inputs, data)
         self.marked = 0  # examples given a softened target so far
-
-    mixes = False
 
     def mixing(self) -> str:
         return f"every example's target softened ({self.mass:g} on its cell's label), nothing added"
@@ -185,7 +182,7 @@ class DarkHook(WatermarkHook):
     def targets(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Soft targets ``[N, C]`` for a batch with hard labels ``y``."""
         u = self.cells(x, y)
-        soft = F.one_hot(y, self.num_classes).to(torch.float32)
+        soft = F.one_hot(y, self.probes.num_classes).to(torch.float32)
         has = u >= 0
         t = self.probes.expected[u.clamp(min=0)]
         moved = has & (t != y)
@@ -197,9 +194,7 @@ class DarkHook(WatermarkHook):
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch as it is, with soft targets ``[N, C]`` (float32, on ``y``'s device) for its labels."""
-        if tuple(x.shape[1:]) != self.probes.input_shape:
-            raise InputError(f"batch inputs have shape {list(x.shape[1:])}, "
-                             f"the watermark probes {list(self.probes.input_shape)}")
+        self._check_inputs(x)
         if y.dtype.is_floating_point or y.dim() != 1:
             raise InputError("the dark-knowledge hook needs hard labels, an integer tensor [N]")
         soft = self.targets(x.detach().cpu(), y.detach().cpu().long())
@@ -208,16 +203,13 @@ class DarkHook(WatermarkHook):
 
 def _classes_of(inputs: torch.Tensor, data: Dataset) -> torch.Tensor:
     """The class of each probe, found as the training example it is (fail closed if one is not)."""
-    f, fd = features(inputs), features(data.x)
-    out = []
-    for i in range(len(f)):
-        d = ((fd - f[i]) ** 2).sum(1)
-        j = int(d.argmin())
-        if float(d[j]) > 1e-6 * max(1.0, float((f[i] ** 2).sum())):
-            raise InputError(f"dark: probe {i} is not one of the training examples given; "
-                             "train with the data its probes were made from")
-        out.append(int(data.y[j]))
-    return torch.tensor(out, dtype=torch.int64)
+    f = features(inputs)
+    d, j = (torch.cdist(f, features(data.x)) ** 2).min(dim=1)
+    off = d > 1e-6 * (f**2).sum(1).clamp(min=1.0)
+    if bool(off.any()):
+        raise InputError(f"dark: probe {int(off.nonzero()[0])} is not one of the training examples given; "
+                         "train with the data its probes were made from")
+    return data.y[j].to(torch.int64)
 
 
 def _kmeans(x: torch.Tensor, j: int, seed: int) -> torch.Tensor:
