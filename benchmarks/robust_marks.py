@@ -19,8 +19,12 @@ by side).
 
 Run: ``python -m benchmarks.robust_marks [--epochs 3] [--cache DIR]``; writes
 ``benchmarks/results/robust-fmnist.md``. ``--headline --seed S`` trains
-another owner and runs the three headline attacks only. Trained models are
-cached (keyed by everything that shapes them), so a rerun only re-judges.
+another owner and runs the three headline attacks only. ``--weight-sweep``
+runs the SoK's attacks on stolen weights (FTAL, RTLL, RTAL, fine-pruning 90%)
+at three learning rates instead of the catalogue. A scheme written ``A+B``
+trains one owner with both marks, as ``wm train --watermark A+B`` does, and
+judges every set together. Trained models are cached (keyed by everything
+that shapes them), so a rerun only re-judges.
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attacks import Distill, Extract, FinePrune, Retrain, query_inputs, query_model
+from attacks import Distill, Extract, FinePrune, FineTune, Retrain, query_inputs, query_model
 from benchmarks.robustness import ALPHA, QUERY_SEED, Evidence
 from core.arch import build_model, resolve_arch
-from core.data import Splits, load_data
+from core.data import Dataset, Splits, load_data
 from core.probeset import ProbeSet
 from core.training import accuracy, default_recipe, train_classifier, train_new
 from watermark import CompositeMark, DarkMark, Scheme, WatermarkKey, parse_scheme
+from watermark.hook import ChainedHooks
 from watermark.schemes import ALIASES, CompositeHook, DarkHook
 
 KEY = WatermarkKey(hashlib.sha256(b"wm.benchmarks.robust_marks/watermark-key").digest())
@@ -59,6 +64,8 @@ CONTROLS = (  # (architecture or None for the owner's, data, seed)
 EXTRACT_EPOCHS = {1000: 4, 5000: 2, 20000: 1}
 """Surrogate epochs per query budget, in multiples of ``--attack-epochs``: about as many steps each."""
 PER_BATCH = 16
+SWEEP_LRS = (3e-4, 1e-3, 3e-3)
+"""Adam learning rates of ``--weight-sweep``: a gentle fine-tune, a usual one, the owner's own peak."""
 
 
 def cached(cache: Path, name: str, build: Callable[[], nn.Module], like: Callable[[], nn.Module]
@@ -141,6 +148,27 @@ def validity(scheme: Scheme, controls: list[tuple[str, nn.Module]], splits: Spli
     return rows, owned
 
 
+def weight_sweep(marked: nn.Module, pool: Dataset, ae: int) -> list[tuple[str, Callable[[], nn.Module]]]:
+    """The SoK's attacks on stolen weights, each at the learning rates of :data:`SWEEP_LRS`.
+
+    FTAL and RTAL train every layer on the attacker's hard labels (RTAL from a
+    re-initialised output layer), RTLL only a new output layer on the frozen
+    features, fine-pruning removes 90% of the last feature layer first. Epochs as the
+    catalogue's (RTAL and FTAL 1.5x ``--attack-epochs``).
+    """
+    out: list[tuple[str, Callable[[], nn.Module]]] = []
+    long = math.ceil(1.5 * ae)
+    for lr in SWEEP_LRS:
+        attacks: list[tuple[str, Callable[[nn.Module, Dataset], nn.Module]]] = [
+            ("FTAL", lambda m, d, lr=lr: FineTune("all", epochs=long, lr=lr)(m, d, seed=16)),
+            ("RTLL", lambda m, d, lr=lr: Retrain("last", epochs=long, lr=lr)(m, d, seed=15)),
+            ("RTAL", lambda m, d, lr=lr: Retrain("all", epochs=long, lr=lr)(m, d, seed=15)),
+            ("fine-pruning 90%", lambda m, d, lr=lr: FinePrune(0.9, epochs=ae, lr=lr)(m, d, seed=17)),
+        ]
+        out += [(f"{name}, lr {lr:g}", lambda a=attack: a(marked, pool)) for name, attack in attacks]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
@@ -156,6 +184,9 @@ def main() -> None:
     ap.add_argument("--control-epochs", type=int, default=None, help="controls' epochs (default: --epochs)")
     ap.add_argument("--validity-keys", type=int, default=0,
                     help="instead of the attacks: p-values of every control over this many keys per scheme")
+    ap.add_argument("--weight-sweep", action="store_true",
+                    help="instead of the catalogue: the SoK's weight attacks (FTAL, RTLL, RTAL, fine-pruning "
+                         "90%%) at three learning rates")
     ap.add_argument("--cache", type=Path, default=Path(".cache/robust-marks"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/robust-fmnist.md"))
     args = ap.parse_args()
@@ -178,16 +209,21 @@ def main() -> None:
     def fresh() -> nn.Module:
         return build_model(recipe.arch, splits.input_shape, k)
 
+    def marks(schemes: list[Scheme]) -> list[ProbeSet]:
+        return [s.probes(KEY, num_classes=k, input_shape=splits.input_shape, data=splits.train,
+                         input_range=splits.input_range) for s in schemes]
+
     def owner(scheme_spec: str | None) -> Callable[[], nn.Module]:
         def build() -> nn.Module:
             torch.manual_seed(args.seed)
             model = fresh()
             hook = None
-            if scheme_spec is not None:
-                scheme = parse_scheme(scheme_spec)
-                probes = scheme.probes(KEY, num_classes=k, input_shape=splits.input_shape,
-                                       data=splits.train, input_range=splits.input_range)
-                hook = scheme.hook(probes, key=KEY, model=model, data=splits.train, per_batch=PER_BATCH)
+            if scheme_spec is not None:  # A+B: one set per scheme, hooks chained as `wm train` does
+                schemes = [parse_scheme(s) for s in scheme_spec.split("+")]
+                hooks = [s.hook(p, key=KEY, model=model, data=splits.train, per_batch=PER_BATCH)
+                         for s, p in zip(schemes, marks(schemes), strict=True)]
+                hook = hooks[0] if len(hooks) == 1 else ChainedHooks(
+                    [hooks[i] for i in sorted(range(len(schemes)), key=lambda i: schemes[i].mixes)])
             return train_classifier(model, splits.train.x, splits.train.y, epochs=e, seed=args.seed,
                                     batch_size=recipe.batch_size, lr=recipe.lr,
                                     schedule=recipe.schedule, hook=hook)
@@ -241,21 +277,29 @@ def main() -> None:
         return
 
     lines = [
-        "# Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13)",
+        ("# Marks against attacks on stolen weights, at three learning rates, on Fashion-MNIST (issue 13)"
+         if args.weight_sweep else
+         "# Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13)"),
         "",
         f"Owner: `{recipe.arch}`, {e} epochs of {recipe.batch_size} on the owner's {len(splits.train)} "
         f"images (Adam {recipe.lr:g}, {recipe.schedule}), seed {args.seed}; each scheme's hook appends "
         f"{PER_BATCH} examples per batch (composite: plus {PER_BATCH // 2} same-class negatives; dark: "
         "every example's target softened, nothing added). "
-        f"Attacker: the {len(pool)}-image attacker split. Attacks: extraction through an unguarded API "
-        f"(labels or probabilities, 1k / 5k / 20k queries, KnockoffNets-style random sampling; a "
-        f"`{recipe.arch}` surrogate, as the owner, or a `{OTHER_ARCH}` one; "
-        + ", ".join(f"{m * ae} epochs at {b // 1000}k" for b, m in EXTRACT_EPOCHS.items())
-        + f"), distillation of the stolen weights (T = 3, {ae} epochs), RTAL "
-        f"({math.ceil(1.5 * ae)} epochs), fine-pruning 90% ({ae} epochs). Verdicts as `wm verify` "
+        f"Attacker: the {len(pool)}-image attacker split. "
+        + (f"Attacks on the stolen weights, each at Adam learning rates "
+           f"{', '.join(f'{lr:g}' for lr in SWEEP_LRS)}: FTAL, RTLL and RTAL ({math.ceil(1.5 * ae)} epochs "
+           f"on the attacker's labels), fine-pruning 90% ({ae} epochs). " if args.weight_sweep else
+           "Attacks: extraction through an unguarded API "
+           f"(labels or probabilities, 1k / 5k / 20k queries, KnockoffNets-style random sampling; a "
+           f"`{recipe.arch}` surrogate, as the owner, or a `{OTHER_ARCH}` one; "
+           + ", ".join(f"{m * ae} epochs at {b // 1000}k" for b, m in EXTRACT_EPOCHS.items())
+           + f"), distillation of the stolen weights (T = 3, {ae} epochs), RTAL "
+           f"({math.ceil(1.5 * ae)} epochs), fine-pruning 90% ({ae} epochs). ")
+        + "Verdicts as `wm verify` "
         f"decides: anytime-valid e-process, alpha = {ALPHA:g}, every probe of the set; "
         "p is the anytime-valid p-value (1/e), match = the share of probes answered with the key's label "
-        "(dark: as the model's second choice; chance 0.10); members (composite, dark): the share of new "
+        "(dark: as the model's second choice; chance 0.10; A+B: one share per set, in order, all judged "
+        "together); members (composite, dark): the share of new "
         "members of the families (composed from test images) answered with their family's target (Lv et "
         "al.'s watermark success rate), or of the test images of the dark cells whose runner-up is their "
         "cell's label.",
@@ -265,17 +309,23 @@ def main() -> None:
         "",
     ]
     for spec in args.schemes.split(","):
-        scheme = parse_scheme(spec)
-        probes = scheme.probes(KEY, num_classes=k, input_shape=splits.input_shape, data=splits.train,
-                               input_range=splits.input_range)
-        evidence = Evidence([("watermark", probes)])
-        tag = f"{scheme.name.replace(':', '_')}-{recipe.arch}-e{e}{sfx}"
+        schemes = [parse_scheme(s) for s in spec.split("+")]
+        sets = marks(schemes)
+        name_of = "+".join(s.name for s in schemes)
+        evidence = Evidence([("watermark", sets[0])] if len(sets) == 1 else
+                            [(s.name, p) for s, p in zip(schemes, sets, strict=True)])
+        tag = f"{name_of.replace(':', '_')}-{recipe.arch}-e{e}{sfx}"
         marked, cpu = cached(cache, f"owner-{tag}", owner(spec), fresh)
         acc = accuracy(marked, splits.test.x, splits.test.y)
-        wm_acc = accuracy(marked, probes.inputs, probes.expected, rank=probes.rank)
-        say(f"{scheme.name}: clean {acc:.4f}, watermark {wm_acc:.2f}, {cpu:.0f} s CPU")
+
+        def matches(model: nn.Module, sets: list[ProbeSet] = sets) -> str:
+            """The share of each set's probes answered with the key's label, `` / ``-separated."""
+            return " / ".join(f"{accuracy(model, p.inputs, p.expected, rank=p.rank):.2f}" for p in sets)
+
+        say(f"{name_of}: clean {acc:.4f}, watermark {matches(marked)}, {cpu:.0f} s CPU")
         suspects: list[tuple[str, Callable[[], nn.Module]]] = []
-        catalogue = ([("probabilities", 5000, recipe.arch), ("labels", 20000, recipe.arch)] if args.headline
+        catalogue = ([] if args.weight_sweep else
+                     [("probabilities", 5000, recipe.arch), ("labels", 20000, recipe.arch)] if args.headline
                      else [(o, b, a) for a in (recipe.arch, OTHER_ARCH) for o in ("labels", "probabilities")
                            for b in EXTRACT_EPOCHS])
         for output, budget, arch in catalogue:
@@ -285,9 +335,12 @@ def main() -> None:
             suspects.append((f"extraction, {output}, {budget} queries{other}",
                              lambda ext=ext, q=queries, o=output, m=marked: ext(
                                  query_model(m, o), q, num_classes=k, seed=101)))
-        suspects.append(("distillation T=3 (same arch)", lambda m=marked: Distill(
-            None, temperature=3.0, epochs=ae, batch_size=recipe.batch_size)(m, pool, seed=20)))
-        if not args.headline:
+        if args.weight_sweep:
+            suspects += weight_sweep(marked, pool, ae)
+        else:
+            suspects.append(("distillation T=3 (same arch)", lambda m=marked: Distill(
+                None, temperature=3.0, epochs=ae, batch_size=recipe.batch_size)(m, pool, seed=20)))
+        if not args.headline and not args.weight_sweep:
             suspects += [
                 ("RTAL", lambda m=marked: Retrain("all", epochs=math.ceil(1.5 * ae), lr=3e-3)(
                     m, pool, seed=15)),
@@ -300,26 +353,28 @@ def main() -> None:
             file = name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')
             model, _ = cached(cache, f"{tag}-{file}-a{ae}", build, like)
             rows.append((name, model))
-            say(f"{scheme.name}: {name}: done")
+            say(f"{name_of}: {name}: done")
         rows += controls
-        lines += [f"## `{scheme.name}`", "",
+        lines += [f"## `{name_of}`", "",
                   f"Clean accuracy {acc:.4f} (drop {100 * (plain_acc - acc):+.2f} pp against the plain "
                   f"owner); training time {cpu:.0f} s CPU, {cpu / plain_cpu:.2f}x plain.", "",
                   "| model | clean acc | match | members | p (anytime) | verdict |",
                   "|---|---|---|---|---|---|"]
-        members = family_members(scheme, probes, splits)
+        found = [(m, p) for s, p in zip(schemes, sets, strict=True)
+                 if (m := family_members(s, p, splits)) is not None]
         for name, model in rows:
             st = evidence.judge(model)
-            match = accuracy(model, probes.inputs, probes.expected, rank=probes.rank)
-            rule = "-" if members is None else f"{accuracy(model, *members, rank=probes.rank):.2f}"
-            lines.append(f"| {name} | {accuracy(model, splits.test.x, splits.test.y):.4f} | {match:.2f} "
+            match = matches(model)
+            rule = "-" if not found else f"{accuracy(model, *found[0][0], rank=found[0][1].rank):.2f}"
+            lines.append(f"| {name} | {accuracy(model, splits.test.x, splits.test.y):.4f} | {match} "
                          f"| {rule} | {st.p_value:.1e} | {st.verdict} |")
-            say(f"{scheme.name}: {name}: match {match:.2f}, members {rule}, p {st.p_value:.1e}, {st.verdict}")
+            say(f"{name_of}: {name}: match {match}, members {rule}, p {st.p_value:.1e}, {st.verdict}")
         lines.append("")
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
               f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes} "
               f"--seed {args.seed} --controls {args.controls} --control-epochs {ce}"
-              f"{' --headline' if args.headline else ''} --out {args.out}`; "
+              f"{' --headline' if args.headline else ''}{' --weight-sweep' if args.weight_sweep else ''} "
+              f"--out {args.out}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
               f"{(time.perf_counter() - started) / 60:.0f} min wall (models cached: a rerun only re-judges).",
