@@ -148,24 +148,27 @@ def validity(scheme: Scheme, controls: list[tuple[str, nn.Module]], splits: Spli
     return rows, owned
 
 
-def weight_sweep(marked: nn.Module, pool: Dataset, ae: int) -> list[tuple[str, Callable[[], nn.Module]]]:
+def weight_sweep(marked: nn.Module, pool: Dataset, ae: int, lrs: tuple[float, ...] = SWEEP_LRS,
+                 only: tuple[str, ...] | None = None) -> list[tuple[str, Callable[[], nn.Module]]]:
     """The SoK's attacks on stolen weights, each at the learning rates of :data:`SWEEP_LRS`.
 
     FTAL and RTAL train every layer on the attacker's hard labels (RTAL from a
     re-initialised output layer), RTLL only a new output layer on the frozen
     features, fine-pruning removes 90% of the last feature layer first. Epochs as the
-    catalogue's (RTAL and FTAL 1.5x ``--attack-epochs``).
+    catalogue's (RTAL and FTAL 1.5x ``--attack-epochs``). ``only`` keeps the attacks
+    of those names.
     """
     out: list[tuple[str, Callable[[], nn.Module]]] = []
     long = math.ceil(1.5 * ae)
-    for lr in SWEEP_LRS:
+    for lr in lrs:
         attacks: list[tuple[str, Callable[[nn.Module, Dataset], nn.Module]]] = [
             ("FTAL", lambda m, d, lr=lr: FineTune("all", epochs=long, lr=lr)(m, d, seed=16)),
             ("RTLL", lambda m, d, lr=lr: Retrain("last", epochs=long, lr=lr)(m, d, seed=15)),
             ("RTAL", lambda m, d, lr=lr: Retrain("all", epochs=long, lr=lr)(m, d, seed=15)),
             ("fine-pruning 90%", lambda m, d, lr=lr: FinePrune(0.9, epochs=ae, lr=lr)(m, d, seed=17)),
         ]
-        out += [(f"{name}, lr {lr:g}", lambda a=attack: a(marked, pool)) for name, attack in attacks]
+        out += [(f"{name}, lr {lr:g}", lambda a=attack: a(marked, pool)) for name, attack in attacks
+                if only is None or name in only]
     return out
 
 
@@ -187,6 +190,11 @@ def main() -> None:
     ap.add_argument("--weight-sweep", action="store_true",
                     help="instead of the catalogue: the SoK's weight attacks (FTAL, RTLL, RTAL, fine-pruning "
                          "90%%) at three learning rates")
+    ap.add_argument("--sweep-lrs", default=",".join(f"{lr:g}" for lr in SWEEP_LRS),
+                    help="--weight-sweep's learning rates, comma-separated")
+    ap.add_argument("--sweep-attacks", default=None,
+                    help="--weight-sweep's attacks, comma-separated (FTAL, RTLL, RTAL, 'fine-pruning 90%%'); "
+                         "default: all")
     ap.add_argument("--cache", type=Path, default=Path(".cache/robust-marks"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/robust-fmnist.md"))
     args = ap.parse_args()
@@ -336,7 +344,9 @@ def main() -> None:
                              lambda ext=ext, q=queries, o=output, m=marked: ext(
                                  query_model(m, o), q, num_classes=k, seed=101)))
         if args.weight_sweep:
-            suspects += weight_sweep(marked, pool, ae)
+            suspects += weight_sweep(
+                marked, pool, ae, tuple(float(v) for v in args.sweep_lrs.split(",")),
+                None if args.sweep_attacks is None else tuple(args.sweep_attacks.split(",")))
         else:
             suspects.append(("distillation T=3 (same arch)", lambda m=marked: Distill(
                 None, temperature=3.0, epochs=ae, batch_size=recipe.batch_size)(m, pool, seed=20)))
@@ -373,7 +383,9 @@ def main() -> None:
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
               f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes} "
               f"--seed {args.seed} --controls {args.controls} --control-epochs {ce}"
-              f"{' --headline' if args.headline else ''}{' --weight-sweep' if args.weight_sweep else ''} "
+              f"{' --headline' if args.headline else ''}"
+              + (f" --weight-sweep --sweep-lrs {args.sweep_lrs}" if args.weight_sweep else "")
+              + (f" --sweep-attacks '{args.sweep_attacks}'" if args.sweep_attacks else "") + " "
               f"--out {args.out}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
