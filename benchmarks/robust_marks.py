@@ -66,6 +66,7 @@ EXTRACT_EPOCHS = {1000: 4, 5000: 2, 20000: 1}
 PER_BATCH = 16
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
 """Adam learning rates of ``--weight-sweep``: a gentle fine-tune, a usual one, the owner's own peak."""
+SWEEP_ATTACKS = ("FTAL", "RTLL", "RTAL", "fine-pruning 90%")
 
 
 def cached(cache: Path, name: str, build: Callable[[], nn.Module], like: Callable[[], nn.Module]
@@ -150,7 +151,7 @@ def validity(scheme: Scheme, controls: list[tuple[str, nn.Module]], splits: Spli
 
 def weight_sweep(marked: nn.Module, pool: Dataset, ae: int, lrs: tuple[float, ...] = SWEEP_LRS,
                  only: tuple[str, ...] | None = None) -> list[tuple[str, Callable[[], nn.Module]]]:
-    """The SoK's attacks on stolen weights, each at the learning rates of :data:`SWEEP_LRS`.
+    """The SoK's attacks on stolen weights, each at the learning rates ``lrs``.
 
     FTAL and RTAL train every layer on the attacker's hard labels (RTAL from a
     re-initialised output layer), RTLL only a new output layer on the frozen
@@ -167,6 +168,7 @@ def weight_sweep(marked: nn.Module, pool: Dataset, ae: int, lrs: tuple[float, ..
             ("RTAL", lambda m, d, lr=lr: Retrain("all", epochs=long, lr=lr)(m, d, seed=15)),
             ("fine-pruning 90%", lambda m, d, lr=lr: FinePrune(0.9, epochs=ae, lr=lr)(m, d, seed=17)),
         ]
+        assert tuple(name for name, _ in attacks) == SWEEP_ATTACKS
         out += [(f"{name}, lr {lr:g}", lambda a=attack: a(marked, pool)) for name, attack in attacks
                 if only is None or name in only]
     return out
@@ -199,6 +201,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/robust-fmnist.md"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    sweep_lrs = tuple(float(v) for v in args.sweep_lrs.split(","))
+    sweep_only = None if args.sweep_attacks is None else tuple(args.sweep_attacks.split(","))
+    if sweep_only is not None and (unknown := set(sweep_only) - set(SWEEP_ATTACKS)):
+        ap.error(f"--sweep-attacks: unknown {', '.join(sorted(unknown))}; "
+                 f"choose from {', '.join(SWEEP_ATTACKS)}")
     started, load_before = time.perf_counter(), os.getloadavg()[0]
 
     def say(msg: str) -> None:
@@ -285,7 +292,7 @@ def main() -> None:
         return
 
     lines = [
-        ("# Marks against attacks on stolen weights, at three learning rates, on Fashion-MNIST (issue 13)"
+        (f"# Marks against attacks on stolen weights, by learning rate, on {splits.name} (issue 13)"
          if args.weight_sweep else
          "# Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13)"),
         "",
@@ -295,8 +302,9 @@ def main() -> None:
         "every example's target softened, nothing added). "
         f"Attacker: the {len(pool)}-image attacker split. "
         + (f"Attacks on the stolen weights, each at Adam learning rates "
-           f"{', '.join(f'{lr:g}' for lr in SWEEP_LRS)}: FTAL, RTLL and RTAL ({math.ceil(1.5 * ae)} epochs "
-           f"on the attacker's labels), fine-pruning 90% ({ae} epochs). " if args.weight_sweep else
+           f"{', '.join(f'{lr:g}' for lr in sweep_lrs)}: "
+           f"{', '.join(sweep_only or SWEEP_ATTACKS)} ({math.ceil(1.5 * ae)} epochs on the attacker's "
+           f"labels; fine-pruning {ae}). " if args.weight_sweep else
            "Attacks: extraction through an unguarded API "
            f"(labels or probabilities, 1k / 5k / 20k queries, KnockoffNets-style random sampling; a "
            f"`{recipe.arch}` surrogate, as the owner, or a `{OTHER_ARCH}` one; "
@@ -344,9 +352,7 @@ def main() -> None:
                              lambda ext=ext, q=queries, o=output, m=marked: ext(
                                  query_model(m, o), q, num_classes=k, seed=101)))
         if args.weight_sweep:
-            suspects += weight_sweep(
-                marked, pool, ae, tuple(float(v) for v in args.sweep_lrs.split(",")),
-                None if args.sweep_attacks is None else tuple(args.sweep_attacks.split(",")))
+            suspects += weight_sweep(marked, pool, ae, sweep_lrs, sweep_only)
         else:
             suspects.append(("distillation T=3 (same arch)", lambda m=marked: Distill(
                 None, temperature=3.0, epochs=ae, batch_size=recipe.batch_size)(m, pool, seed=20)))
