@@ -216,9 +216,13 @@ def test_wm_verify_owns_the_distilled_copy_over_http_and_the_bundle_checks(
                            "--model", "owner", "--evidence", str(tmp_path / "ev2.json")])
     assert r.exit_code == 1, r.output
     assert "not_owned" in r.output and "warning:   the suspect answered labels only" in r.output
-    r = runner.invoke(wm, ["verify", "--suspect", f"{served.url}/v2/models/ind-cnn-probabilities",
-                           "--model", "owner", "--json", "--evidence", str(tmp_path / "ev3.json")])
+    # an independent model, checked from a registry of its own: the two checks above spent
+    # most of this one's probes, and what they leave is not enough to rule anything out
+    fresh = _owner(tmp_path / "independent", world.paths["owner"])
+    r = fresh.invoke(wm, ["verify", "--suspect", f"{served.url}/v2/models/ind-cnn-probabilities",
+                          "--model", "owner", "--json", "--evidence", str(tmp_path / "ev3.json")])
     assert r.exit_code == 1 and json.loads(r.output)["verdict"] == "not_owned", r.output
+    assert json.loads(r.output)["queries"] >= 10, r.output
 
 
 def test_replay_rereads_second_choices_so_recorded_answers_must_stand(
