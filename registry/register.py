@@ -30,7 +30,6 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "SIDECAR_TYPE",
     "Registration",
-    "read_further_sets",
     "read_watermark_secret",
     "register_model",
 ]
@@ -55,9 +54,14 @@ def read_watermark_secret(path: str | Path) -> tuple[bytes, ProbeSet]:
     Raises:
         InputError: unreadable or malformed (the message never quotes its content).
     """
+    key, probeset, _ = _read_sidecar(Path(path))
+    return key, probeset
+
+
+def _read_sidecar(p: Path) -> tuple[bytes, ProbeSet, tuple[ProbeSet, ...]]:
+    """Key, first probe set and further sets of a sidecar, read and checked once."""
     from core.probeset import ProbeSet
 
-    p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
@@ -74,26 +78,10 @@ def read_watermark_secret(path: str | Path) -> tuple[bytes, ProbeSet]:
     probeset = ProbeSet.from_bytes(b64d(doc["probeset"], what="probe set"))
     if isinstance(doc.get("scheme"), str) and doc["scheme"] != probeset.scheme:
         raise InputError(f"watermark secret {p}: scheme differs from its probe set's")
-    return key, probeset
-
-
-def read_further_sets(path: str | Path) -> tuple[ProbeSet, ...]:
-    """The further probe sets of a ``.wmkey`` sidecar (``wm train --watermark A+B``), in order.
-
-    Raises:
-        InputError: unreadable or malformed.
-    """
-    from core.probeset import ProbeSet
-
-    p = Path(path)
-    try:
-        doc = parse_json(p.read_bytes(), what=str(p))
-    except OSError as exc:
-        raise InputError(f"cannot read watermark secret {p}: {exc.strerror}") from exc
-    more = doc.get("more", []) if isinstance(doc, dict) else []
+    more = doc.get("more", [])
     if not isinstance(more, list) or not all(isinstance(m, str) for m in more):
         raise InputError(f"watermark secret {p}: its further probe sets are malformed")
-    return tuple(ProbeSet.from_bytes(b64d(m, what="probe set")) for m in more)
+    return key, probeset, tuple(ProbeSet.from_bytes(b64d(m, what="probe set")) for m in more)
 
 
 def register_model(
@@ -124,9 +112,9 @@ def register_model(
     secret = None
     side = Path(sidecar) if sidecar is not None else path.with_name(path.name + SIDECAR_SUFFIX)
     if sidecar is not None or side.exists():
-        secret = read_watermark_secret(side)
-        further = read_further_sets(side)
-        for probeset in (secret[1], *further):
+        key, first, further = _read_sidecar(side)  # one read: the sets belong to one file
+        secret = (key, first)
+        for probeset in (first, *further):
             if probeset.num_classes != model.num_classes or probeset.input_shape != tuple(model.input_shape):
                 raise InputError(f"watermark secret {side} does not fit model {path}")
     entry = registry.add_model(
