@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from attacks.base import Weighted, check_data, check_epochs, fmt, trainable_copy, weighted_layers
+from attacks.base import check_data, check_epochs, fmt, trainable_copy, weighted_layers
+from core.arch import feature_layer
 from core.data import Dataset
 from core.errors import InputError
 from core.training import train_classifier
@@ -62,17 +63,6 @@ class Prune:
             flat = w.data.view(-1)
             flat[order[:k]] = 0.0
         return out.eval()
-
-
-def _feature_layer(model: nn.Module) -> Weighted:
-    """The last convolution, or for a dense network the last hidden dense layer."""
-    convs: list[Weighted] = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    if convs:
-        return convs[-1]
-    dense = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if len(dense) < 2:
-        raise InputError("fine-pruning needs a hidden layer before the output layer")
-    return dense[-2]
 
 
 @torch.no_grad()
@@ -132,7 +122,7 @@ class FinePrune:
         """Prune a copy's dormant units, then fine-tune it on ``data`` (labels used)."""
         check_data(data)
         out = trainable_copy(model)
-        layer = _feature_layer(out)
+        layer = feature_layer(out)
         activity = _mean_activation(out, layer, data.x)
         k = round(self.fraction * activity.numel())
         dormant = torch.argsort(activity, stable=True)[:k]

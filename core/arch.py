@@ -49,6 +49,7 @@ __all__ = [
     "Builder",
     "build_model",
     "family_of",
+    "feature_layer",
     "register_architecture",
     "resolve_arch",
 ]
@@ -282,3 +283,20 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn
 def family_of(arch: str) -> str:
     """The family of an architecture (``cnn``, ``resnet``, ``mlp``, or ``custom``)."""
     return resolve_arch(arch).family
+
+
+def feature_layer(model: nn.Module) -> nn.Linear | nn.modules.conv._ConvNd:
+    """The layer fine-pruning prunes: the last convolution, or for a dense network the last hidden
+    dense layer (Liu et al., RAID 2018; the SoK's fine-pruning, :class:`attacks.FinePrune`).
+
+    Raises:
+        InputError: if ``model`` has no convolution and fewer than two dense layers.
+    """
+    convs: list[nn.modules.conv._ConvNd] = [m for m in model.modules()
+                                              if isinstance(m, nn.modules.conv._ConvNd)]
+    if convs:
+        return convs[-1]
+    dense: list[nn.Linear] = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if len(dense) < 2:
+        raise InputError("fine-pruning needs a hidden layer before the output layer")
+    return dense[-2]

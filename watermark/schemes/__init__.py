@@ -68,7 +68,7 @@ ALIASES: dict[str, str] = {
 """Names that stand for a scheme with parameters; the probe set records the scheme's own name."""
 
 _PARAM_TYPES: dict[str, type] = {"n": int, "size": int, "amplitude": float, "pattern": str,
-                                 "steps": int, "step": float, "mass": float}
+                                 "steps": int, "step": float, "mass": float, "prune": float}
 
 
 def parse_scheme(spec: str) -> Scheme:
