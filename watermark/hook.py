@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from core.arch import feature_layer
 from core.errors import InputError
 from core.probeset import ProbeSet
 
@@ -250,10 +251,12 @@ class PruneAwareHook(WatermarkHook):
         super().__init__(probes, per_batch=per_batch, keep_batch_size=keep_batch_size)
         if not 0.0 < fraction < 1.0:
             raise InputError(f"the pruned fraction must be in (0, 1), got {fraction}")
-        from core.arch import feature_layer
-
+        try:
+            self.layer = feature_layer(model)
+        except InputError:
+            raise InputError("a prune-aware mark needs a hidden layer before the output layer (fine-pruning "
+                             "prunes the last feature layer's units)") from None
         self.fraction = float(fraction)
-        self.layer = feature_layer(model)
         self.norm = _norm_after(model, self.layer)
         self.activity: torch.Tensor | None = None
         self.held = 0  # batches trained with the dormant units held

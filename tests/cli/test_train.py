@@ -54,6 +54,24 @@ def test_train_puts_few_probes_in_place_of_examples(tmp_path: Path) -> None:
     assert line + "\n" in stdout
 
 
+@pytest.mark.parametrize("spec", ["trigger-set:n=20:prune=0.9", "trigger-set:n=20:prune=0.9+dark:n=10"])
+def test_train_prune_aware_triggers(tmp_path: Path, spec: str) -> None:
+    """The prune-aware hook through the real command: probes in place, copies appended, masks
+    applied (else the epoch is refused), nothing left on the model that is saved and reloaded."""
+    out = tmp_path / "m.pt2"
+    code, stdout, stderr = run("train", "--epochs", "2", "--batch-size", "200", "--per-batch", "6",
+                               "--watermark", spec, "--out", str(out), home=tmp_path)
+    assert code == 0, stderr
+    line = ("watermark:         trigger-set:n=20:pattern=noise:prune=0.9, 6 per batch, in place of as many "
+            "examples; copies of 0.25 of the examples and of the probes appended with 0.9 of the feature "
+            "layer's units held at their pruned value\n")
+    assert line in stdout
+    model = load_model(out)
+    secret = read_secret(secret_path(out))
+    assert secret.probes.scheme == "trigger-set:n=20:pattern=noise:prune=0.9"
+    assert 0.0 <= accuracy(model, secret.probes.inputs, secret.probes.expected) <= 1.0
+
+
 def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((60, 1, 6, 6), dtype=np.float32)
