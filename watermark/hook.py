@@ -260,7 +260,7 @@ class PruneAwareHook(WatermarkHook):
         self.norm = _norm_after(model, self.layer)
         self.activity: torch.Tensor | None = None
         self.held = 0  # batches trained with the dormant units held
-        self._armed: tuple[int, int, int, int] | None = None  # (rows, clean rows, first held, end held)
+        self._armed: tuple[int, int, int] | None = None  # (rows, clean rows, first held row; the rest held)
         self._iterating = False
 
     def mixing(self) -> str:
@@ -276,9 +276,9 @@ class PruneAwareHook(WatermarkHook):
         bx, by = super().mix(x, y)
         rows, k = bx.shape[0], self._probe_rows
         clean = rows - k
-        copies = torch.cat([torch.arange(int(self.CLEAN_SHARE * clean)), torch.arange(clean, rows)])
-        copies = copies.to(bx.device)
-        self._armed = (rows + len(copies), clean, rows, rows + len(copies))
+        copies = torch.cat([torch.arange(int(self.CLEAN_SHARE * clean), device=bx.device),
+                            torch.arange(clean, rows, device=bx.device)])
+        self._armed = (rows + len(copies), clean, rows)
         return _append_keeping_layout(bx, bx[copies]), torch.cat([by, by[copies]])
 
     def __call__(self, loader: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -313,29 +313,29 @@ class PruneAwareHook(WatermarkHook):
               out: torch.Tensor) -> torch.Tensor | None:
         if self._armed is None or out.shape[0] != self._armed[0]:
             return None
-        _, _, lo, hi = self._armed
+        first = self._armed[2]
         self._armed = None
-        if self.activity is None or hi <= lo:
+        if self.activity is None:
             return None
         units = self.activity.numel()
         dormant = torch.argsort(self.activity, stable=True)[: round(self.fraction * units)]
-        value = torch.zeros(units, dtype=out.dtype, device=out.device)
         bias = getattr(m, "bias", None) if m is self.norm else None
-        if isinstance(bias, torch.Tensor):
-            value = bias.detach().to(out.dtype)
+        value = (bias.detach().to(out.dtype) if isinstance(bias, torch.Tensor)
+                 else torch.zeros(units, dtype=out.dtype, device=out.device))
         shape = [1, -1, *([1] * (out.dim() - 2))]
         held = out.clone()
-        held[lo:hi, dormant] = value[dormant].view(shape).expand(hi - lo, -1, *out.shape[2:])
+        held[first:, dormant] = value[dormant].view(shape).expand(out.shape[0] - first, -1, *out.shape[2:])
         self.held += 1
         return held
 
 
-def _norm_after(model: torch.nn.Module, layer: torch.nn.Module) -> torch.nn.Module | None:
+def _norm_after(model: torch.nn.Module,
+                layer: torch.nn.Linear | torch.nn.modules.conv._ConvNd) -> torch.nn.Module | None:
     """The batch norm right after ``layer`` in ``model``'s module order, if it normalises its units."""
     mods = list(model.modules())
     after = mods[mods.index(layer) + 1:]
-    if after and isinstance(after[0], torch.nn.modules.batchnorm._BatchNorm):
-        units = layer.out_channels if hasattr(layer, "out_channels") else getattr(layer, "out_features", None)
-        if after[0].num_features == units:
-            return after[0]
+    units = layer.out_features if isinstance(layer, torch.nn.Linear) else layer.out_channels
+    norm = after[0] if after else None
+    if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm) and norm.num_features == units:
+        return norm
     return None

@@ -66,10 +66,8 @@ def test_train_prune_aware_triggers(tmp_path: Path, spec: str) -> None:
             "examples; copies of 0.25 of the examples and of the probes appended with 0.9 of the feature "
             "layer's units held at their pruned value\n")
     assert line in stdout
-    model = load_model(out)
-    secret = read_secret(secret_path(out))
-    assert secret.probes.scheme == "trigger-set:n=20:pattern=noise:prune=0.9"
-    assert 0.0 <= accuracy(model, secret.probes.inputs, secret.probes.expected) <= 1.0
+    assert load_model(out).num_classes == 10
+    assert read_secret(secret_path(out)).probes.scheme == "trigger-set:n=20:pattern=noise:prune=0.9"
 
 
 def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:
