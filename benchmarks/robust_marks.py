@@ -23,8 +23,11 @@ another owner and runs the three headline attacks only. ``--weight-sweep``
 runs the SoK's attacks on stolen weights (FTAL, RTLL, RTAL, fine-pruning 90%)
 at three learning rates instead of the catalogue. A scheme written ``A+B``
 trains one owner with both marks, as ``wm train --watermark A+B`` does, and
-judges every set together. Trained models are cached (keyed by everything
-that shapes them), so a rerun only re-judges.
+judges every set together. ``--agreement`` adds how much of the owner's
+function each model shares (test images, the owner's own errors, noise,
+noisy test images), for the attacked copies and the independent controls
+alike. Trained models are cached (keyed by everything that shapes them), so a
+rerun only re-judges.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from benchmarks.robustness import ALPHA, QUERY_SEED, Evidence
 from core.arch import build_model, resolve_arch
 from core.data import Dataset, Splits, load_data
 from core.probeset import ProbeSet
-from core.training import accuracy, default_recipe, train_classifier, train_new
+from core.training import accuracy, default_recipe, predict, train_classifier, train_new
 from watermark import CompositeMark, DarkMark, Scheme, WatermarkKey, parse_scheme
 from watermark.hook import ChainedHooks
 from watermark.schemes import ALIASES, CompositeHook, DarkHook
@@ -67,6 +70,41 @@ PER_BATCH = 16
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
 """Adam learning rates of ``--weight-sweep``: a gentle fine-tune, a usual one, the owner's own peak."""
 SWEEP_ATTACKS = ("FTAL", "RTLL", "RTAL", "fine-pruning 90%")
+AGREEMENT_INPUTS = 2000
+"""Noise images and noisy test images ``--agreement`` compares answers on."""
+
+
+def agreement_inputs(splits: Splits, n: int = AGREEMENT_INPUTS, seed: int = 3
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` uniform-noise inputs in the data's range, and ``n`` test images blended half and half
+    with noise."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = splits.input_range.low, splits.input_range.high
+    shape = (n, *splits.input_shape)
+    noise = lo + (hi - lo) * torch.rand(shape, generator=g)
+    test = splits.test.x[:n]
+    blend = 0.5 * test + 0.5 * (lo + (hi - lo) * torch.rand(test.shape, generator=g))
+    return noise, blend
+
+
+def agreement(owner: tuple[torch.Tensor, ...], model: nn.Module, splits: Splits,
+              inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float, float, float]:
+    """How much of the owner's function ``model`` shares, read from top answers only.
+
+    ``owner`` is the owner's top answers to the test images and to each of
+    ``inputs`` (noise, noisy test images). Returns the share of test images
+    both answer alike; of the test images the owner gets wrong, the share
+    ``model`` answers with the owner's wrong label; and the shares of
+    ``inputs`` answered alike. Independent models set the level a copy that
+    kept nothing of the owner would show (they share most of the owner's
+    errors: the Rashomon set).
+    """
+    on_test, *on_inputs = owner
+    pm = predict(model, splits.test.x)
+    wrong = on_test != splits.test.y
+    same_error = float((pm[wrong] == on_test[wrong]).float().mean()) if bool(wrong.any()) else float("nan")
+    alike = [float((predict(model, z) == o).float().mean()) for z, o in zip(inputs, on_inputs, strict=True)]
+    return float((pm == on_test).float().mean()), same_error, alike[0], alike[1]
 
 
 def cached(cache: Path, name: str, build: Callable[[], nn.Module], like: Callable[[], nn.Module]
@@ -118,7 +156,6 @@ def validity(scheme: Scheme, controls: list[tuple[str, nn.Module]], splits: Spli
     every control answers every set, read as the verifier reads it (dark: second choices).
     Returns the rows and the number of (key, control) pairs ``owned`` at alpha (must be 0).
     """
-    from core.training import predict
     from verifier.session import DEFAULT_FUTILITY
     from verifier.stats import TestInput, compute_statistics
 
@@ -197,6 +234,9 @@ def main() -> None:
     ap.add_argument("--sweep-attacks", default=None,
                     help="--weight-sweep's attacks, comma-separated (FTAL, RTLL, RTAL, 'fine-pruning 90%%'); "
                          "default: all")
+    ap.add_argument("--agreement", action="store_true",
+                    help="add columns: how much of the owner's function each model shares (test images, "
+                         "the owner's errors, noise, noisy test images)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/robust-marks"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/robust-fmnist.md"))
     args = ap.parse_args()
@@ -324,6 +364,13 @@ def main() -> None:
         f"{plain_cpu:.0f} s training CPU.",
         "",
     ]
+    probe_inputs = agreement_inputs(splits)
+    if args.agreement:
+        lines += ["Agreement columns (`--agreement`): the share of the test images a model answers as "
+                  "the marked owner does; of the owner's wrong answers on them, the share it repeats; the "
+                  f"shares of {AGREEMENT_INPUTS} uniform-noise images and of {AGREEMENT_INPUTS} test images "
+                  "blended half and half with noise answered as the owner does. The independent controls "
+                  "show the level of a model that never saw the owner.", ""]
     for spec in args.schemes.split(","):
         schemes = [parse_scheme(s) for s in spec.split("+")]
         sets = marks(schemes)
@@ -371,19 +418,25 @@ def main() -> None:
             rows.append((name, model))
             say(f"{name_of}: {name}: done")
         rows += controls
+        if args.agreement:
+            owner_answers = tuple(predict(marked, z) for z in (splits.test.x, *probe_inputs))
         lines += [f"## `{name_of}`", "",
                   f"Clean accuracy {acc:.4f} (drop {100 * (plain_acc - acc):+.2f} pp against the plain "
                   f"owner); training time {cpu:.0f} s CPU, {cpu / plain_cpu:.2f}x plain.", "",
-                  "| model | clean acc | match | members | p (anytime) | verdict |",
-                  "|---|---|---|---|---|---|"]
+                  "| model | clean acc | match | members | p (anytime) | verdict |"
+                  + (" agree (test) | owner's errors repeated | agree (noise) | agree (noisy test) |"
+                     if args.agreement else ""),
+                  "|---|---|---|---|---|---|" + ("---|---|---|---|" if args.agreement else "")]
         found = [(m, p) for s, p in zip(schemes, sets, strict=True)
                  if (m := family_members(s, p, splits)) is not None]
         for name, model in rows:
             st = evidence.judge(model)
             match = matches(model)
             rule = "-" if not found else f"{accuracy(model, *found[0][0], rank=found[0][1].rank):.2f}"
+            shared = "" if not args.agreement else " {:.4f} | {:.3f} | {:.3f} | {:.3f} |".format(
+                *agreement(owner_answers, model, splits, probe_inputs))
             lines.append(f"| {name} | {accuracy(model, splits.test.x, splits.test.y):.4f} | {match} "
-                         f"| {rule} | {st.p_value:.1e} | {st.verdict} |")
+                         f"| {rule} | {st.p_value:.1e} | {st.verdict} |{shared}")
             say(f"{name_of}: {name}: match {match}, members {rule}, p {st.p_value:.1e}, {st.verdict}")
         lines.append("")
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
@@ -391,7 +444,8 @@ def main() -> None:
               f"--seed {args.seed} --controls {args.controls} --control-epochs {ce}"
               f"{' --headline' if args.headline else ''}"
               + (f" --weight-sweep --sweep-lrs {args.sweep_lrs}" if args.weight_sweep else "")
-              + (f" --sweep-attacks '{args.sweep_attacks}'" if args.sweep_attacks else "") + " "
+              + (f" --sweep-attacks '{args.sweep_attacks}'" if args.sweep_attacks else "")
+              + (" --agreement" if args.agreement else "") + " "
               f"--out {args.out}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
