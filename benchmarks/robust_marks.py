@@ -26,8 +26,13 @@ trains one owner with both marks, as ``wm train --watermark A+B`` does, and
 judges every set together. ``--agreement`` adds how much of the owner's
 function each model shares (test images, the owner's own errors, noise,
 noisy test images), for the attacked copies and the independent controls
-alike. Trained models are cached (keyed by everything that shapes them), so a
-rerun only re-judges.
+alike. ``--guard-rates R1,R2`` also puts each owner behind ``wm guard`` (a
+fresh owner key per rate, the product's server and guard on loopback) and
+extracts it with labels at 20k queries through the guard, judging the
+surrogates (``--guard-epochs``) and the controls on the guard's committed
+marked queries. Trained models are cached (keyed by everything that shapes
+them), so a rerun only re-judges; guarded surrogates are trained afresh, as
+each run's guard has its own key.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,9 +51,10 @@ import torch
 from torch import nn
 
 from attacks import Distill, Extract, FinePrune, FineTune, Retrain, query_inputs, query_model
-from benchmarks.robustness import ALPHA, QUERY_SEED, Evidence
+from benchmarks.robustness import ALPHA, QUERY_SEED, Evidence, GuardedOwner, http_answer
 from core.arch import build_model, resolve_arch
 from core.data import Dataset, Splits, load_data
+from core.modelio import save_model
 from core.probeset import ProbeSet
 from core.training import accuracy, default_recipe, predict, train_classifier, train_new
 from watermark import CompositeMark, DarkMark, Scheme, WatermarkKey, parse_scheme
@@ -105,6 +112,46 @@ def agreement(owner: tuple[torch.Tensor, ...], model: nn.Module, splits: Splits,
     same_error = float((pm[wrong] == on_test[wrong]).float().mean()) if bool(wrong.any()) else float("nan")
     alike = [float((predict(model, z) == o).float().mean()) for z, o in zip(inputs, on_inputs, strict=True)]
     return float((pm == on_test).float().mean()), same_error, alike[0], alike[1]
+
+
+def guarded_extraction(marked: nn.Module, splits: Splits, arch: str, rate: float, epochs: tuple[int, ...],
+                       controls: list[tuple[str, nn.Module]], budget: int = 20000) -> list[str]:
+    """Table rows: ``marked`` behind ``wm guard`` at ``rate``, extracted with labels at ``budget`` queries.
+
+    The attacker's queries (the catalogue's) go over HTTP through the guard in
+    front of the product's server; the guard's marked queries are committed as
+    ``wm guard commit`` does, and every surrogate (one per ``epochs``) and
+    every control is judged on them alone, as ``wm verify`` decides.
+    """
+    pool = splits.attacker_pool
+    assert pool is not None
+    k = splits.num_classes
+    queries = query_inputs(pool.x, budget, seed=QUERY_SEED, input_range=splits.input_range)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_model(marked, Path(tmp) / "owner.pt2", input_shape=splits.input_shape, num_classes=k,
+                          arch=arch, input_range=splits.input_range)
+        with GuardedOwner(Path(tmp), path, rate) as guarded:
+            answer, http = http_answer(guarded.urls["labels"], "attacker-0", "labels", k)
+            try:
+                answers = Extract(arch, epochs=1).answers(answer, queries, num_classes=k)
+            finally:
+                http.close()
+            sets = guarded.commit()
+    if "labels" not in sets:
+        return [f"| {rate:g} | - | the guard marked none of the {budget} queries | - | - | - | - |"]
+    marks = sets["labels"]
+    changed = float((answers != predict(marked, queries)).float().mean())
+    evidence = Evidence([("guard", marks)])
+    rows = []
+    suspects = [(f"surrogate, {e} epochs", Extract(arch, epochs=e).fit(queries, answers, num_classes=k,
+                                                                      seed=101).eval()) for e in epochs]
+    for name, model in suspects + controls:
+        st = evidence.judge(model)
+        kept = accuracy(model, marks.inputs, marks.expected)
+        rows.append(f"| {rate:g} | {name} | {len(marks)} marked, {changed:.4f} of the answers changed "
+                    f"| {accuracy(model, splits.test.x, splits.test.y):.4f} "
+                    f"| {kept:.3f} | {st.p_value:.1e} | {st.verdict} |")
+    return rows
 
 
 def cached(cache: Path, name: str, build: Callable[[], nn.Module], like: Callable[[], nn.Module]
@@ -237,6 +284,11 @@ def main() -> None:
     ap.add_argument("--agreement", action="store_true",
                     help="add columns: how much of the owner's function each model shares (test images, "
                          "the owner's errors, noise, noisy test images)")
+    ap.add_argument("--guard-rates", default=None,
+                    help="also extract each owner with labels at 20k queries through `wm guard` at these "
+                         "marking rates, comma-separated")
+    ap.add_argument("--guard-epochs", default=None,
+                    help="--guard-rates' surrogate epochs, comma-separated (default: the catalogue's at 20k)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/robust-marks"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/robust-fmnist.md"))
     args = ap.parse_args()
@@ -246,6 +298,13 @@ def main() -> None:
     if sweep_only is not None and (unknown := set(sweep_only) - set(SWEEP_ATTACKS)):
         ap.error(f"--sweep-attacks: unknown {', '.join(sorted(unknown))}; "
                  f"choose from {', '.join(SWEEP_ATTACKS)}")
+    try:
+        guard_rates = tuple(float(v) for v in args.guard_rates.split(",")) if args.guard_rates else ()
+        guard_epochs = tuple(int(v) for v in args.guard_epochs.split(",")) if args.guard_epochs else None
+    except ValueError:
+        ap.error("--guard-rates takes numbers and --guard-epochs whole numbers, comma-separated")
+    if any(not 0.0 < r <= 1.0 for r in guard_rates) or any(e < 1 for e in guard_epochs or ()):
+        ap.error("every guard rate must lie in (0, 1] and every epoch count be at least 1")
     started, load_before = time.perf_counter(), os.getloadavg()[0]
 
     def say(msg: str) -> None:
@@ -439,13 +498,25 @@ def main() -> None:
                          f"| {rule} | {st.p_value:.1e} | {st.verdict} |{shared}")
             say(f"{name_of}: {name}: match {match}, members {rule}, p {st.p_value:.1e}, {st.verdict}")
         lines.append("")
+        if guard_rates:
+            g_epochs = guard_epochs or (EXTRACT_EPOCHS[20000] * ae,)
+            lines += [f"Label-only extraction through `wm guard` (20000 queries, a `{recipe.arch}` "
+                      "surrogate; judged on the guard's committed marked queries alone, chance 0.10):", "",
+                      "| guard rate | model | the guard's marks | clean acc | marked answers kept "
+                      "| p (anytime) | verdict |", "|---|---|---|---|---|---|---|"]
+            for rate in guard_rates:
+                lines += guarded_extraction(marked, splits, recipe.arch, rate, g_epochs, controls)
+                say(f"{name_of}: guard at {rate:g}: done")
+            lines.append("")
     lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
               f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes} "
               f"--seed {args.seed} --controls {args.controls} --control-epochs {ce}"
               f"{' --headline' if args.headline else ''}"
               + (f" --weight-sweep --sweep-lrs {args.sweep_lrs}" if args.weight_sweep else "")
               + (f" --sweep-attacks '{args.sweep_attacks}'" if args.sweep_attacks else "")
-              + (" --agreement" if args.agreement else "") + " "
+              + (" --agreement" if args.agreement else "")
+              + (f" --guard-rates {args.guard_rates}" if args.guard_rates else "")
+              + (f" --guard-epochs {args.guard_epochs}" if args.guard_epochs else "") + " "
               f"--out {args.out}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
