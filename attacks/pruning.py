@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from attacks.base import check_data, check_epochs, fmt, trainable_copy, weighted_layers
-from core.arch import feature_layer
+from core.arch import dormant_units, feature_layer, unit_activity
 from core.data import Dataset
 from core.errors import InputError
 from core.training import train_classifier
@@ -71,9 +71,7 @@ def _mean_activation(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> tor
     sums: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        a = out.clamp(min=0)
-        dims = [0, *range(2, a.dim())]
-        sums.append(a.sum(dim=dims))
+        sums.append(unit_activity(out) * out.shape[0])
 
     handle = layer.register_forward_hook(hook)
     was_training = model.training
@@ -124,8 +122,7 @@ class FinePrune:
         out = trainable_copy(model)
         layer = feature_layer(out)
         activity = _mean_activation(out, layer, data.x)
-        k = round(self.fraction * activity.numel())
-        dormant = torch.argsort(activity, stable=True)[:k]
+        dormant = dormant_units(activity, self.fraction)
         keep = torch.ones(activity.numel())
         keep[dormant] = 0.0
         weight = layer.weight

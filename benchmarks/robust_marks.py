@@ -281,6 +281,8 @@ def main() -> None:
     ap.add_argument("--sweep-attacks", default=None,
                     help="--weight-sweep's attacks, comma-separated (FTAL, RTLL, RTAL, 'fine-pruning 90%%'); "
                          "default: all")
+    ap.add_argument("--per-batch", type=int, default=PER_BATCH,
+                    help=f"examples each scheme's hook appends to a batch (default {PER_BATCH})")
     ap.add_argument("--agreement", action="store_true",
                     help="add columns: how much of the owner's function each model shares (test images, "
                          "the owner's errors, noise, noisy test images)")
@@ -303,6 +305,8 @@ def main() -> None:
         guard_epochs = tuple(int(v) for v in args.guard_epochs.split(",")) if args.guard_epochs else None
     except ValueError:
         ap.error("--guard-rates takes numbers and --guard-epochs whole numbers, comma-separated")
+    if args.per_batch < 1:
+        ap.error("--per-batch must be at least 1")
     if any(not 0.0 < r <= 1.0 for r in guard_rates) or any(e < 1 for e in guard_epochs or ()):
         ap.error("every guard rate must lie in (0, 1] and every epoch count be at least 1")
     started, load_before = time.perf_counter(), os.getloadavg()[0]
@@ -334,7 +338,7 @@ def main() -> None:
             hook = None
             if scheme_spec is not None:  # A+B: one set per scheme, hooks chained as `wm train` does
                 schemes = [parse_scheme(s) for s in scheme_spec.split("+")]
-                hooks = [s.hook(p, key=KEY, model=model, data=splits.train, per_batch=PER_BATCH)
+                hooks = [s.hook(p, key=KEY, model=model, data=splits.train, per_batch=args.per_batch)
                          for s, p in zip(schemes, marks(schemes), strict=True)]
                 hook = hooks[0] if len(hooks) == 1 else ChainedHooks(
                     [hooks[i] for i in sorted(range(len(schemes)), key=lambda i: schemes[i].mixes)])
@@ -397,8 +401,8 @@ def main() -> None:
         "",
         f"Owner: `{recipe.arch}`, {e} epochs of {recipe.batch_size} on the owner's {len(splits.train)} "
         f"images (Adam {recipe.lr:g}, {recipe.schedule}), seed {args.seed}; each scheme's hook appends "
-        f"{PER_BATCH} examples per batch (composite: plus {PER_BATCH // 2} same-class negatives; dark: "
-        "every example's target softened, nothing added). "
+        f"{args.per_batch} examples per batch (composite: plus {args.per_batch // 2} same-class negatives; "
+        "dark: every example's target softened, nothing added). "
         f"Attacker: the {len(pool)}-image attacker split. "
         + (f"Attacks on the stolen weights, each at Adam learning rates "
            f"{', '.join(f'{lr:g}' for lr in sweep_lrs)}: "
@@ -423,8 +427,8 @@ def main() -> None:
         f"{plain_cpu:.0f} s training CPU.",
         "",
     ]
-    probe_inputs = agreement_inputs(splits)
     if args.agreement:
+        probe_inputs = agreement_inputs(splits)
         lines += ["Agreement columns (`--agreement`): the share of the test images a model answers as "
                   "the marked owner does; of the owner's wrong answers on them, the share it repeats; the "
                   f"shares of {AGREEMENT_INPUTS} uniform-noise images and of {AGREEMENT_INPUTS} test images "
@@ -436,7 +440,8 @@ def main() -> None:
         name_of = "+".join(s.name for s in schemes)
         evidence = Evidence([("watermark", sets[0])] if len(sets) == 1 else
                             [(s.name, p) for s, p in zip(schemes, sets, strict=True)])
-        tag = f"{name_of.replace(':', '_')}-{recipe.arch}-e{e}{sfx}"
+        pb = "" if args.per_batch == PER_BATCH else f"-pb{args.per_batch}"  # the default keeps old names
+        tag = f"{name_of.replace(':', '_')}-{recipe.arch}-e{e}{pb}{sfx}"
         marked, cpu = cached(cache, f"owner-{tag}", owner(spec), fresh)
         acc = accuracy(marked, splits.test.x, splits.test.y)
 
@@ -514,6 +519,7 @@ def main() -> None:
               f"{' --headline' if args.headline else ''}"
               + (f" --weight-sweep --sweep-lrs {args.sweep_lrs}" if args.weight_sweep else "")
               + (f" --sweep-attacks '{args.sweep_attacks}'" if args.sweep_attacks else "")
+              + (f" --per-batch {args.per_batch}" if args.per_batch != PER_BATCH else "")
               + (" --agreement" if args.agreement else "")
               + (f" --guard-rates {args.guard_rates}" if args.guard_rates else "")
               + (f" --guard-epochs {args.guard_epochs}" if args.guard_epochs else "") + " "

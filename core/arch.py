@@ -48,10 +48,12 @@ __all__ = [
     "Architecture",
     "Builder",
     "build_model",
+    "dormant_units",
     "family_of",
     "feature_layer",
     "register_architecture",
     "resolve_arch",
+    "unit_activity",
 ]
 
 Builder = Callable[[tuple[int, ...], int], nn.Module]
@@ -300,3 +302,15 @@ def feature_layer(model: nn.Module) -> nn.Linear | nn.modules.conv._ConvNd:
     if len(dense) < 2:
         raise InputError("fine-pruning needs a hidden layer before the output layer")
     return dense[-2]
+
+
+def unit_activity(out: torch.Tensor) -> torch.Tensor:
+    """Each unit's activity in a batch of ``out`` (a layer's output ``[N, units, ...]``): the
+    positive part summed over positions, averaged over the batch, as fine-pruning measures it."""
+    return out.clamp(min=0).sum(dim=[0, *range(2, out.dim())]) / out.shape[0]
+
+
+def dormant_units(activity: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the least active ``fraction`` of the units (ties in index order): the units
+    fine-pruning removes."""
+    return torch.argsort(activity, stable=True)[: round(fraction * activity.numel())]

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from core.arch import feature_layer
+from core.arch import dormant_units, feature_layer, unit_activity
 from core.errors import InputError
 from core.probeset import ProbeSet
 
@@ -304,12 +304,11 @@ class PruneAwareHook(WatermarkHook):
         if self._armed is None or out.shape[0] != self._armed[0]:
             return
         with torch.no_grad():
-            a = out[: self._armed[1]].detach().clamp(min=0)
-            a = a.mean(dim=[0, *range(2, a.dim())])
+            a = unit_activity(out[: self._armed[1]].detach())
             old = self.activity
             self.activity = a if old is None else (1 - self.MOMENTUM) * old + self.MOMENTUM * a
 
-    def _hold(self, m: torch.nn.Module, _i: tuple[torch.Tensor, ...],
+    def _hold(self, _m: torch.nn.Module, _i: tuple[torch.Tensor, ...],
               out: torch.Tensor) -> torch.Tensor | None:
         if self._armed is None or out.shape[0] != self._armed[0]:
             return None
@@ -317,11 +316,10 @@ class PruneAwareHook(WatermarkHook):
         self._armed = None
         if self.activity is None:
             return None
-        units = self.activity.numel()
-        dormant = torch.argsort(self.activity, stable=True)[: round(self.fraction * units)]
-        bias = getattr(m, "bias", None) if m is self.norm else None
+        dormant = dormant_units(self.activity, self.fraction)
+        bias = self.norm.bias if self.norm is not None else None  # the hook sits on the norm if any
         value = (bias.detach().to(out.dtype) if isinstance(bias, torch.Tensor)
-                 else torch.zeros(units, dtype=out.dtype, device=out.device))
+                 else torch.zeros(self.activity.numel(), dtype=out.dtype, device=out.device))
         shape = [1, -1, *([1] * (out.dim() - 2))]
         held = out.clone()
         held[first:, dormant] = value[dormant].view(shape).expand(out.shape[0] - first, -1, *out.shape[2:])
