@@ -1,10 +1,8 @@
 """Registering a trained model file, and its watermark secret, in one call.
 
 ``wm train`` writes beside ``MODEL.pt2`` a secret sidecar ``MODEL.pt2.wmkey``
-(mode 0600), the RFC 8785 canonical JSON::
-
-    {"type": "wm.watermark-secret/v1", "key": base64(32-byte watermark key),
-     "probeset": base64(ProbeSet.to_bytes()), "scheme": "<scheme name>"}
+(mode 0600), in the format :mod:`core.secretfile` fixes and reads for both
+packages.
 
 :func:`register_model` records the model (file and weights digests,
 architecture, input shape, classes, read off the ``.pt2``) and, when the
@@ -18,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.canonical import b64d, parse_json
 from core.errors import InputError
+from core.secretfile import SECRET_SUFFIX, SECRET_TYPE, read_secret_file
 from registry.keys import OwnerKey
 from registry.log import Registry
 
@@ -34,8 +32,8 @@ __all__ = [
     "register_model",
 ]
 
-SIDECAR_SUFFIX = ".wmkey"
-SIDECAR_TYPE = "wm.watermark-secret/v1"
+SIDECAR_SUFFIX = SECRET_SUFFIX
+SIDECAR_TYPE = SECRET_TYPE
 
 
 @dataclass(frozen=True)
@@ -54,34 +52,8 @@ def read_watermark_secret(path: str | Path) -> tuple[bytes, ProbeSet]:
     Raises:
         InputError: unreadable or malformed (the message never quotes its content).
     """
-    key, probeset, _ = _read_sidecar(Path(path))
+    key, probeset, _ = read_secret_file(path)
     return key, probeset
-
-
-def _read_sidecar(p: Path) -> tuple[bytes, ProbeSet, tuple[ProbeSet, ...]]:
-    """Key, first probe set and further sets of a sidecar, read and checked once."""
-    from core.probeset import ProbeSet
-
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read watermark secret {p}: {exc.strerror}") from exc
-    try:
-        doc = parse_json(raw, what=str(p))
-    except InputError as exc:
-        raise InputError(f"watermark secret {p} is not valid JSON") from exc
-    if not isinstance(doc, dict) or doc.get("type") != SIDECAR_TYPE:
-        raise InputError(f"{p} is not a {SIDECAR_TYPE} file")
-    if not isinstance(doc.get("key"), str) or not isinstance(doc.get("probeset"), str):
-        raise InputError(f"watermark secret {p} lacks its key or probe set")
-    key = b64d(doc["key"], what="watermark key")
-    probeset = ProbeSet.from_bytes(b64d(doc["probeset"], what="probe set"))
-    if isinstance(doc.get("scheme"), str) and doc["scheme"] != probeset.scheme:
-        raise InputError(f"watermark secret {p}: scheme differs from its probe set's")
-    more = doc.get("more", [])
-    if not isinstance(more, list) or not all(isinstance(m, str) for m in more):
-        raise InputError(f"watermark secret {p}: its further probe sets are malformed")
-    return key, probeset, tuple(ProbeSet.from_bytes(b64d(m, what="probe set")) for m in more)
 
 
 def register_model(
@@ -112,7 +84,7 @@ def register_model(
     secret = None
     side = Path(sidecar) if sidecar is not None else path.with_name(path.name + SIDECAR_SUFFIX)
     if sidecar is not None or side.exists():
-        key, first, further = _read_sidecar(side)  # one read: the sets belong to one file
+        key, first, further = read_secret_file(side)  # one read: the sets belong to one file
         secret = (key, first)
         for probeset in (first, *further):
             if probeset.num_classes != model.num_classes or probeset.input_shape != tuple(model.input_shape):
