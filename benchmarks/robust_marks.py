@@ -30,9 +30,10 @@ alike. ``--guard-rates R1,R2`` also puts each owner behind ``wm guard`` (a
 fresh owner key per rate, the product's server and guard on loopback) and
 extracts it with labels at 20k queries through the guard, judging the
 surrogates (``--guard-epochs``) and the controls on the guard's committed
-marked queries. Trained models are cached (keyed by everything that shapes
-them), so a rerun only re-judges; guarded surrogates are trained afresh, as
-each run's guard has its own key.
+marked queries; ``--guard-only`` runs that and nothing else. Trained models
+are cached (keyed by everything that shapes them), so a rerun only
+re-judges; guarded surrogates are trained afresh, as each run's guard has its
+own key.
 """
 
 from __future__ import annotations
@@ -289,6 +290,9 @@ def main() -> None:
     ap.add_argument("--guard-rates", default=None,
                     help="also extract each owner with labels at 20k queries through `wm guard` at these "
                          "marking rates, comma-separated")
+    ap.add_argument("--guard-only", action="store_true",
+                    help="with --guard-rates: judge the owner, the controls and the guarded surrogates only "
+                         "(no catalogue, no weight attacks)")
     ap.add_argument("--guard-epochs", default=None,
                     help="--guard-rates' surrogate epochs, comma-separated (default: the catalogue's at 20k)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/robust-marks"))
@@ -305,6 +309,8 @@ def main() -> None:
         guard_epochs = tuple(int(v) for v in args.guard_epochs.split(",")) if args.guard_epochs else None
     except ValueError:
         ap.error("--guard-rates takes numbers and --guard-epochs whole numbers, comma-separated")
+    if args.guard_only and (not guard_rates or args.weight_sweep or args.headline):
+        ap.error("--guard-only needs --guard-rates and goes with neither --weight-sweep nor --headline")
     if args.per_batch < 1:
         ap.error("--per-batch must be at least 1")
     if any(not 0.0 < r <= 1.0 for r in guard_rates) or any(e < 1 for e in guard_epochs or ()):
@@ -397,14 +403,15 @@ def main() -> None:
     lines = [
         (f"# Marks against attacks on stolen weights, by learning rate, on {splits.name} (issue 13)"
          if args.weight_sweep else
-         "# Extraction- and distillation-robust watermarks on Fashion-MNIST (issue 13)"),
+         f"# Extraction- and distillation-robust watermarks on {splits.name} (issue 13)"),
         "",
         f"Owner: `{recipe.arch}`, {e} epochs of {recipe.batch_size} on the owner's {len(splits.train)} "
         f"images (Adam {recipe.lr:g}, {recipe.schedule}), seed {args.seed}; each scheme's hook appends "
         f"{args.per_batch} examples per batch (composite: plus {args.per_batch // 2} same-class negatives; "
         "dark: every example's target softened, nothing added). "
         f"Attacker: the {len(pool)}-image attacker split. "
-        + (f"Attacks on the stolen weights, each at Adam learning rates "
+        + ("Attacks: label-only extraction through `wm guard` alone (below). " if args.guard_only else
+           f"Attacks on the stolen weights, each at Adam learning rates "
            f"{', '.join(f'{lr:g}' for lr in sweep_lrs)}: "
            f"{', '.join(sweep_only or SWEEP_ATTACKS)} ({math.ceil(1.5 * ae)} epochs on the attacker's "
            f"labels; fine-pruning {ae}). " if args.weight_sweep else
@@ -451,7 +458,7 @@ def main() -> None:
 
         say(f"{name_of}: clean {acc:.4f}, watermark {matches(marked)}, {cpu:.0f} s CPU")
         suspects: list[tuple[str, Callable[[], nn.Module]]] = []
-        catalogue = ([] if args.weight_sweep else
+        catalogue = ([] if args.weight_sweep or args.guard_only else
                      [("probabilities", 5000, recipe.arch), ("labels", 20000, recipe.arch)] if args.headline
                      else [(o, b, a) for a in (recipe.arch, OTHER_ARCH) for o in ("labels", "probabilities")
                            for b in EXTRACT_EPOCHS])
@@ -464,10 +471,10 @@ def main() -> None:
                                  query_model(m, o), q, num_classes=k, seed=101)))
         if args.weight_sweep:
             suspects += weight_sweep(marked, pool, ae, sweep_lrs, sweep_only)
-        else:
+        elif not args.guard_only:
             suspects.append(("distillation T=3 (same arch)", lambda m=marked: Distill(
                 None, temperature=3.0, epochs=ae, batch_size=recipe.batch_size)(m, pool, seed=20)))
-        if not args.headline and not args.weight_sweep:
+        if not (args.headline or args.weight_sweep or args.guard_only):
             suspects += [
                 ("RTAL", lambda m=marked: Retrain("all", epochs=math.ceil(1.5 * ae), lr=3e-3)(
                     m, pool, seed=15)),
@@ -522,7 +529,8 @@ def main() -> None:
               + (f" --per-batch {args.per_batch}" if args.per_batch != PER_BATCH else "")
               + (" --agreement" if args.agreement else "")
               + (f" --guard-rates {args.guard_rates}" if args.guard_rates else "")
-              + (f" --guard-epochs {args.guard_epochs}" if args.guard_epochs else "") + " "
+              + (f" --guard-epochs {args.guard_epochs}" if args.guard_epochs else "")
+              + (" --guard-only" if args.guard_only else "") + " "
               f"--out {args.out}`; "
               "2 shared cores, one torch thread, "
               f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
