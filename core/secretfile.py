@@ -16,11 +16,14 @@ wrong with it, never its content.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.canonical import b64d, b64e, canonical_json, parse_json
 from core.errors import InputError
 from core.files import write_private
-from core.probeset import ProbeSet
+
+if TYPE_CHECKING:  # the registry imports this module; reading a sidecar needs torch, loading it must not
+    from core.probeset import ProbeSet
 
 __all__ = ["SECRET_KEY_SIZE", "SECRET_SUFFIX", "SECRET_TYPE", "read_secret_file", "write_secret_file"]
 
@@ -53,6 +56,8 @@ def read_secret_file(path: str | Path) -> tuple[bytes, ProbeSet, tuple[ProbeSet,
         InputError: unreadable, not a sidecar, or malformed (a field missing or of the
             wrong type, a key that is not 32 bytes, a scheme that is not its set's).
     """
+    from core.probeset import ProbeSet
+
     p = Path(path)
     try:
         raw = p.read_bytes()
