@@ -12,8 +12,9 @@ benchmark asks whether the owner's evidence establishes ownership at
 
 It measures the product, not a copy of it:
 
-- the owner is trained with :class:`watermark.WatermarkHook` and the default
-  :class:`watermark.TriggerSet`, in the data's input range, with the data's
+- the owner is trained with ``wm train``'s default watermark
+  (:data:`watermark.DEFAULT_WATERMARK`, its own hook, as many probes per
+  batch as ``wm train`` mixes in), in the data's input range, with the data's
   recipe (:func:`core.training.default_recipe`);
 - the fingerprint is :func:`fingerprint.build_fingerprint` with ``wm
   fingerprint``'s defaults (``--no-fingerprint`` leaves it out, and the
@@ -112,7 +113,8 @@ from registry.register import register_model
 from verifier.server import ServedModel, build_app
 from verifier.session import DECOY, ProbeSource, QueryPlan
 from verifier.stats import Statistics, TestInput, compute_statistics
-from watermark import TriggerSet, WatermarkHook, WatermarkKey
+from watermark import DEFAULT_WATERMARK, WatermarkKey, parse_scheme
+from watermark.schemes.base import mixing_for_run
 
 ALPHA = 1e-6
 BUDGET_PP = 5.0
@@ -239,13 +241,17 @@ class Evidence:
         predicted = [predict(model, ps.inputs, rank=ps.rank) for _, ps in self.sets]
         bits: list[list[bool]] = [[] for _ in self.sets]
         positions: list[list[int]] = [[] for _ in self.sets]
+        indices: list[list[int]] = [[] for _ in self.sets]
         order = (item for batch in plan.batches for item in batch if item.source != DECOY)
         for answered, item in enumerate(order, start=1):
             expected = int(self.sets[item.source][1].expected[item.index])
             bits[item.source].append(int(predicted[item.source][item.index]) == expected)
             positions[item.source].append(answered)
-        tests = [TestInput("owner", kind, ps.null, tuple(b), tuple(p))
-                 for (kind, ps), b, p in zip(self.sets, bits, positions, strict=True)]
+            indices[item.source].append(int(item.index))
+        # The probe indices as `wm verify`'s transcript gives them: without them a conformal
+        # (fingerprint) null claims nothing and every fingerprint p would read 1.
+        tests = [TestInput("owner", kind, ps.null, tuple(b), tuple(p), indices=tuple(ix))
+                 for (kind, ps), b, p, ix in zip(self.sets, bits, positions, indices, strict=True)]
         return compute_statistics(tests, alpha=ALPHA, mode="sequential")
 
 
@@ -385,22 +391,35 @@ def controls(splits: Splits, recipe: Recipe, s: Setting, quick: bool, cache: Mod
 
 def train_owner(splits: Splits, recipe: Recipe, key: WatermarkKey, seed: int,
                 cache: ModelCache | None = None) -> nn.Module:
-    """A model of the data's recipe, watermarked with the default trigger set by the hook."""
+    """A model of the data's recipe, marked as ``wm train`` marks it by default."""
+    per_batch, in_place = owner_mixing(splits, recipe)
     if cache is not None and cache.root is not None:
-        return cache.get(f"owner|{recipe}|{hashlib.sha256(key.secret).hexdigest()}|{seed}",
+        return cache.get(f"owner|{recipe}|{DEFAULT_WATERMARK}|{per_batch}|{in_place}|"
+                         f"{hashlib.sha256(key.secret).hexdigest()}|{seed}",
                          lambda: train_owner(splits, recipe, key, seed))
     probes = watermark_probes(splits, key)
     torch.manual_seed(seed)
     model = build_model(recipe.arch, splits.input_shape, splits.num_classes)
+    hook = parse_scheme(DEFAULT_WATERMARK).hook(probes, key=key, model=model, data=splits.train,
+                                                per_batch=per_batch)
+    hook.keep_batch_size = in_place
     return train_classifier(model, splits.train.x, splits.train.y, epochs=recipe.epochs, seed=seed,
-                            batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule,
-                            hook=WatermarkHook(probes))
+                            batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule, hook=hook)
+
+
+def owner_mixing(splits: Splits, recipe: Recipe) -> tuple[int, bool]:
+    """Probes per batch, and whether they take the place of as many examples, as ``wm train``
+    mixes its default watermark into a run of ``recipe``."""
+    scheme = parse_scheme(DEFAULT_WATERMARK)
+    return mixing_for_run(scheme, scheme.n, train_size=len(splits.train), epochs=recipe.epochs,
+                          batch_size=recipe.batch_size)
 
 
 def watermark_probes(splits: Splits, key: WatermarkKey) -> ProbeSet:
-    """The default watermark (``wm train``'s): 100 key-derived noise triggers in the data's range."""
-    return TriggerSet().probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
-                               input_range=splits.input_range)
+    """The default watermark (``wm train``'s, :data:`watermark.DEFAULT_WATERMARK`) in the data's range."""
+    return parse_scheme(DEFAULT_WATERMARK).probes(key, num_classes=splits.num_classes,
+                                                  input_shape=splits.input_shape, data=splits.train,
+                                                  input_range=splits.input_range)
 
 
 def fingerprint_set(owner: nn.Module, splits: Splits, arch: str, *, quick: bool, workers: int,

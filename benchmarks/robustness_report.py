@@ -64,20 +64,28 @@ def render_markdown(rows: list[Row], owner_acc: float, evidence: Evidence, split
                     args: argparse.Namespace, load: str, minutes: float, command: str,
                     setting: Setting) -> str:
     """The table, its legend and a plain summary of what escaped."""
+    from benchmarks.robustness import owner_mixing
+
+    per_batch, in_place = owner_mixing(splits, recipe)
     kinds = [kind for kind, _ in evidence.sets]
     notes = []
     for kind, ps in evidence.sets:
         null = ps.null
+        refs = getattr(null, "references", "?")
         described = (f"exact Binomial(1/{ps.num_classes})" if null.family == "binomial"
-                     else f"beta-binomial fitted on {getattr(null, 'references', '?')} held-out references, "
+                     else f"model-level conformal p over {refs} held-out references (floor 1/({refs} + 1)), "
+                     f"the beta-binomial fitted on them as the e-process's null, floor p >= "
+                     f"{getattr(null, 'p_floor', 0):.3g}" if null.family == "conformal"
+                     else f"beta-binomial fitted on {refs} held-out references, "
                      f"floor p >= {getattr(null, 'p_floor', 0):.3g}")
         notes.append(f"**{kind}**: {len(ps)} probes ({ps.scheme.split(':')[0]}), {described} null")
     notes += [f"**{kind}**: n/a, {why}" for kind, why in evidence.na.items()]
     pool = splits.attacker_pool
     lines = [
         f"Owner: `{recipe.arch}`, {recipe.epochs} epochs of {recipe.batch_size} on {splits.name} "
-        f"owner-train ({len(splits.train)} images), watermark `{evidence.sets[0][1].scheme}` (hook, 6 per "
-        f"batch); clean test accuracy {owner_acc:.4f}. Attacker: the {len(pool) if pool else 0}-image "
+        f"owner-train ({len(splits.train)} images), watermark `{evidence.sets[0][1].scheme}` (its hook, "
+        f"{per_batch} per batch{', in place of as many examples' if in_place else ''}, as `wm train` mixes "
+        f"it); clean test accuracy {owner_acc:.4f}. Attacker: the {len(pool) if pool else 0}-image "
         f"attacker pool. Guard: `wm guard` at rate {args.guard_rate:g} in front of a labels API and a "
         f"probabilities API. Decision: `verifier.stats` as `wm verify` decides (anytime-valid e-values, "
         f"averaged over the owner's tests), alpha = {ALPHA:g}, every probe of every set sent. Budget: "
