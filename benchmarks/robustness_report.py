@@ -73,9 +73,9 @@ def render_markdown(rows: list[Row], owner_acc: float, evidence: Evidence, split
         null = ps.null
         refs = getattr(null, "references", "?")
         described = (f"exact Binomial(1/{ps.num_classes})" if null.family == "binomial"
-                     else f"model-level conformal p over {refs} held-out references (floor 1/({refs} + 1)), "
-                     f"the beta-binomial fitted on them as the e-process's null, floor p >= "
-                     f"{getattr(null, 'p_floor', 0):.3g}" if null.family == "conformal"
+                     else f"model-level conformal p over {refs} held-out references (the beta-binomial "
+                     f"fitted on them drives the e-process), floor p >= {getattr(null, 'p_floor', 0):.3g} "
+                     "(1 / (the smallest architecture group + 1))" if null.family == "conformal"
                      else f"beta-binomial fitted on {refs} held-out references, "
                      f"floor p >= {getattr(null, 'p_floor', 0):.3g}")
         notes.append(f"**{kind}**: {len(ps)} probes ({ps.scheme.split(':')[0]}), {described} null")
