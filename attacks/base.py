@@ -108,11 +108,12 @@ def frozen_except(model: nn.Module, keep: nn.Module) -> Iterator[None]:
 
 
 def train_layers(model: nn.Module, layers: Layers, data: Dataset, *, epochs: int, lr: float,
-                 seed: int) -> nn.Module:
+                 seed: int, weight_decay: float = 0.0) -> nn.Module:
     """Train ``model`` in place on ``data``: only its output layer (``"last"``) or all of it."""
     if layers == "last":
         with frozen_except(model, last_layer(model)):
-            train_classifier(model, data.x, data.y, epochs=epochs, seed=seed, lr=lr)
+            train_classifier(model, data.x, data.y, epochs=epochs, seed=seed, lr=lr,
+                             weight_decay=weight_decay)
     else:
-        train_classifier(model, data.x, data.y, epochs=epochs, seed=seed, lr=lr)
+        train_classifier(model, data.x, data.y, epochs=epochs, seed=seed, lr=lr, weight_decay=weight_decay)
     return model.eval()

@@ -24,6 +24,7 @@ from attacks.base import (
     trainable_copy,
 )
 from core.data import Dataset
+from core.errors import InputError
 
 __all__ = ["FineTune", "Retrain"]
 
@@ -35,16 +36,20 @@ class _ContinuedTraining:
     layers: Layers = "all"
     epochs: int = 10
     lr: float = 1e-3
+    weight_decay: float = 0.0
     prefix: ClassVar[str]
 
     def __post_init__(self) -> None:
         check_layers(self.layers)
         check_epochs(self.epochs, self.lr)
+        if not self.weight_decay >= 0:
+            raise InputError(f"weight decay must be at least 0, got {self.weight_decay}")
 
     @property
     def name(self) -> str:
-        """``<prefix>ll:...`` or ``<prefix>al:...`` with epochs and learning rate."""
-        return f"{self.prefix}{self.layers[0]}l:epochs={self.epochs}:lr={fmt(self.lr)}"
+        """``<prefix>ll:...`` or ``<prefix>al:...`` with epochs, learning rate and any weight decay."""
+        wd = f":wd={fmt(self.weight_decay)}" if self.weight_decay else ""
+        return f"{self.prefix}{self.layers[0]}l:epochs={self.epochs}:lr={fmt(self.lr)}{wd}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class FineTune(_ContinuedTraining):
         layers: ``"last"`` (FTLL: only the output layer learns) or ``"all"`` (FTAL).
         epochs: passes over the attacker's data.
         lr: Adam learning rate.
+        weight_decay: Adam's L2 weight decay (0, none, unless told).
+        weight_decay: Adam's L2 weight decay (0: none, as in the SoK's catalogue here).
     """
 
     prefix: ClassVar[str] = "ft"
@@ -63,7 +70,7 @@ class FineTune(_ContinuedTraining):
         """Fine-tune a copy of ``model`` on ``data`` (labels used)."""
         check_data(data)
         return train_layers(trainable_copy(model), self.layers, data, epochs=self.epochs, lr=self.lr,
-                            seed=seed)
+                            seed=seed, weight_decay=self.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Retrain(_ContinuedTraining):
             ``"all"`` (RTAL: every layer learns).
         epochs: passes over the attacker's data.
         lr: Adam learning rate.
+        weight_decay: Adam's L2 weight decay (0, none, unless told).
     """
 
     epochs: int = 20
@@ -88,4 +96,5 @@ class Retrain(_ContinuedTraining):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head.reset_parameters()
-        return train_layers(out, self.layers, data, epochs=self.epochs, lr=self.lr, seed=seed)
+        return train_layers(out, self.layers, data, epochs=self.epochs, lr=self.lr, seed=seed,
+                            weight_decay=self.weight_decay)

@@ -276,6 +276,7 @@ def test_query_inputs_nest_and_augment() -> None:
 def test_names_carry_every_parameter() -> None:
     assert FineTune("last", epochs=5, lr=0.01).name == "ftll:epochs=5:lr=0.01"
     assert Retrain("all").name == "rtal:epochs=20:lr=0.001"
+    assert Retrain("all", weight_decay=5e-4).name == "rtal:epochs=20:lr=0.001:wd=0.0005"
     assert Prune(0.7).name == "prune:fraction=0.7"
     assert FinePrune(0.5).name == "fine-prune:fraction=0.5:epochs=10:lr=0.001"
     assert Quantize().name == "quantize:bits=8:scale=per-tensor"
@@ -291,6 +292,8 @@ def test_bad_parameters_and_models_are_refused(owner: nn.Module) -> None:
         FineTune("some")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="epochs must be at least 1"):
         Retrain(epochs=0)
+    with pytest.raises(InputError, match="weight decay must be at least 0"):
+        FineTune(weight_decay=-1.0)
     with pytest.raises(InputError, match="unknown architecture 'nope'"):
         Extract("nope")
     with pytest.raises(InputError, match="unknown architecture 'nope'"):
