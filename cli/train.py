@@ -43,8 +43,9 @@ from watermark.secret import secret_path
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help=f"Default: the data's recipe (fashion-mnist: {FASHION_MNIST_RECIPE.batch_size}, else 64).")
 @click.option("--watermark", "scheme_spec", default=DEFAULT_WATERMARK, show_default=True,
-              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite, dark), "
-              "'extraction-robust' (the scheme recommended against model stealing) or 'none'; "
+              help="SCHEME[:k=v,...] (trigger-set, content, noise, unrelated, margin, composite, dark, "
+              "sleeper), 'extraction-robust' (the scheme recommended against extraction and "
+              "distillation; sleeper is the one against stolen weights) or 'none'; "
               "several joined by '+' (e.g. trigger-set+extraction-robust) embed one set each.")
 @click.option("--per-batch", default=None, type=click.IntRange(min=1),
               help="Watermark probes mixed into each batch. Default: the scheme's (margin, composite: 16; "
@@ -102,8 +103,10 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         if len({s.name for s in schemes}) != len(schemes):
             raise InputError(f"--watermark names one scheme twice: {scheme_spec}")
         if per_batch is not None and not any(s.mixes for s in schemes):
-            raise InputError(f"--per-batch does not apply to {schemes[0].family} marks: they soften every "
-                             "example's target and mix nothing in")
+            how = ("soften every example's target" if schemes[0].family == "dark"
+                   else "are written into the weights")
+            raise InputError(f"--per-batch does not apply to {schemes[0].family} marks: they {how} and mix "
+                             "nothing in")
         key = WatermarkKey.generate()  # one key; each scheme derives its own set from it
         sets = [s.probes(key, num_classes=splits.num_classes, input_shape=splits.input_shape,
                          data=splits.train, input_range=splits.input_range) for s in schemes]
@@ -122,6 +125,10 @@ def train_cmd(ctx: Context, data_spec: str, arch: str | None, epochs: int | None
         train_classifier(model, splits.train.x, splits.train.y, epochs=epochs, seed=seed,
                          batch_size=batch_size, lr=recipe.lr, schedule=recipe.schedule, hook=hook,
                          progress=progress)
+    for h in hooks:
+        if type(h).finish is not WatermarkHook.finish:
+            click.echo(f"finishing:         {h.probes.scheme} (after training)", err=True)
+        h.finish(model)
     cpu = time.process_time() - cpu
     save_model(model, out_path, input_shape=splits.input_shape, num_classes=splits.num_classes,
                arch=arch, input_range=splits.input_range, data=splits.recorded_name)

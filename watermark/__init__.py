@@ -2,9 +2,10 @@
 
 Public surface: :class:`WatermarkKey`, the schemes (:class:`TriggerSet`,
 :class:`ContentMark`, :class:`NoiseMark`, :class:`UnrelatedMark`,
-:class:`MarginMark`, :class:`CompositeMark`, :class:`DarkMark`, :func:`parse_scheme`), and
-the :class:`WatermarkHook` that mixes a scheme's probes into any PyTorch training loop
-(``scheme.hook(...)`` gives the one a scheme trains with). Each scheme yields a
+:class:`MarginMark`, :class:`CompositeMark`, :class:`DarkMark`, :class:`SleeperMark`,
+:func:`parse_scheme`), and the :class:`WatermarkHook` that mixes a scheme's probes into any
+PyTorch training loop (``scheme.hook(...)`` gives the one a scheme trains with; call its
+``finish(model)`` after the loop). Each scheme yields a
 :class:`core.probeset.ProbeSet` with the exact ``Binomial(1/C)`` null.
 """
 
@@ -18,6 +19,7 @@ from watermark.schemes import (
     MarginMark,
     NoiseMark,
     Scheme,
+    SleeperMark,
     TriggerSet,
     UnrelatedMark,
     default_per_batch,
@@ -34,6 +36,7 @@ __all__ = [
     "MarginMark",
     "NoiseMark",
     "Scheme",
+    "SleeperMark",
     "TriggerSet",
     "UnrelatedMark",
     "WatermarkHook",

@@ -5,6 +5,7 @@ Two lines in any loop that iterates ``(x, y)`` batches::
     hook = WatermarkHook(probes)            # probes: a watermark ProbeSet
     for x, y in hook(loader):               # instead of `for x, y in loader`
         ...                                 # your loss, optimiser, schedule: unchanged
+    hook.finish(model)                      # after the loop (sleeper marks are written here)
 
 Every batch the loader yields is passed through in its own order, with
 ``per_batch`` probes appended (in the spirit of Adi et al. 2018, who mix a few
@@ -139,6 +140,10 @@ class WatermarkHook:
             x, y = _unpack(batch)
             yield self.mix(x, y)
 
+    def finish(self, model: torch.nn.Module | None = None) -> None:
+        """What the scheme does once training is over; call it after the loop. Here: nothing
+        (schemes that write the mark after training, sleeper marks, override it)."""
+
 
 def _append_keeping_layout(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
     """``x`` with ``extra`` appended along the batch, in ``x``'s own memory layout.
@@ -197,6 +202,11 @@ class ChainedHooks:
         for hook in self.hooks:
             out = hook(out)
         return iter(out)
+
+    def finish(self, model: torch.nn.Module | None = None) -> None:
+        """Every hook's :meth:`WatermarkHook.finish`, in order."""
+        for hook in self.hooks:
+            hook.finish(model)
 
 
 class PruneAwareHook(WatermarkHook):

@@ -70,6 +70,26 @@ def test_train_prune_aware_triggers(tmp_path: Path, spec: str) -> None:
     assert read_secret(secret_path(out)).probes.scheme == "trigger-set:n=20:pattern=noise:prune=0.9"
 
 
+def test_train_sleeper_mark_is_written_after_training(tmp_path: Path) -> None:
+    """The sleeper hook through the real command (digits' default ``cnn``: detectors set by the
+    first convolution's bias): finished after the loop, saved, and its probes answered."""
+    out = tmp_path / "m.pt2"
+    code, stdout, stderr = run("train", "--epochs", "10", "--watermark", "sleeper:n=20,channels=6,size=4",
+                               "--out", str(out), home=tmp_path)
+    assert code == 0, stderr
+    assert "finishing:         sleeper:channels=6:n=20:size=4 (after training)" in stderr
+    assert ("watermark:         sleeper:channels=6:n=20:size=4, nothing mixed in; 6 sleeper channels in "
+            "the first convolution, read-out fitted after training\n") in stdout
+    secret = read_secret(secret_path(out))
+    printed = float(re.search(r"watermark accuracy: ([0-9.]+) on 20 probes", stdout).group(1))  # type: ignore[union-attr]
+    assert printed >= 0.7
+    recall = accuracy(load_model(out), secret.probes.inputs, secret.probes.expected)
+    assert recall == pytest.approx(printed, abs=1e-4)
+    code, _, stderr = run("train", "--epochs", "1", "--watermark", "sleeper:n=20,size=4", "--per-batch", "3",
+                          "--out", str(tmp_path / "n.pt2"), home=tmp_path)
+    assert code != 0 and "--per-batch does not apply to sleeper marks" in stderr
+
+
 def test_train_without_watermark_and_on_npz(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((60, 1, 6, 6), dtype=np.float32)

@@ -23,7 +23,7 @@ from core.data import load_digits
 from core.training import predict, train_new
 from verifier.session import DEFAULT_FUTILITY
 from verifier.stats import TestInput, compute_statistics
-from watermark import CompositeMark, DarkMark, MarginMark, WatermarkKey
+from watermark import CompositeMark, DarkMark, MarginMark, SleeperMark, WatermarkKey
 
 DIGITS = load_digits()
 KEYS = 200
@@ -41,10 +41,12 @@ def independent() -> dict[str, torch.nn.Module]:
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("scheme", [CompositeMark(n=40), MarginMark(n=40), DarkMark(n=40)],
+@pytest.mark.parametrize("scheme", [CompositeMark(n=40), MarginMark(n=40), DarkMark(n=40),
+                                    SleeperMark(n=40, channels=8, size=4)],
                          ids=lambda s: s.family)
 def test_p_values_are_valid_over_200_keys_and_independent_models(
-        scheme: CompositeMark | MarginMark | DarkMark, independent: dict[str, torch.nn.Module]) -> None:
+        scheme: CompositeMark | MarginMark | DarkMark | SleeperMark,
+        independent: dict[str, torch.nn.Module]) -> None:
     p_fixed: list[float] = []
     p_any: list[float] = []
     hits = 0
