@@ -20,8 +20,8 @@ by side).
 Run: ``python -m benchmarks.robust_marks [--epochs 3] [--cache DIR]``; writes
 ``benchmarks/results/robust-fmnist.md``. ``--headline --seed S`` trains
 another owner and runs the three headline attacks only. ``--weight-sweep``
-runs the SoK's attacks on stolen weights (FTAL, RTLL, RTAL, fine-pruning 90%)
-at three learning rates instead of the catalogue. A scheme written ``A+B``
+runs the SoK's attacks on stolen weights (FTAL, RTLL, RTAL, fine-pruning 90%;
+and RTAL with weight decay) at three learning rates instead of the catalogue. A scheme written ``A+B``
 trains one owner with both marks, as ``wm train --watermark A+B`` does, and
 judges every set together. ``--agreement`` adds how much of the owner's
 function each model shares (test images, the owner's own errors, noise,
@@ -77,7 +77,7 @@ EXTRACT_EPOCHS = {1000: 4, 5000: 2, 20000: 1}
 PER_BATCH = 16
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
 """Adam learning rates of ``--weight-sweep``: a gentle fine-tune, a usual one, the owner's own peak."""
-SWEEP_ATTACKS = ("FTAL", "RTLL", "RTAL", "fine-pruning 90%")
+SWEEP_ATTACKS = ("FTAL", "RTLL", "RTAL", "fine-pruning 90%", "RTAL wd 5e-4")
 AGREEMENT_INPUTS = 2000
 """Noise images and noisy test images ``--agreement`` compares answers on."""
 
@@ -240,9 +240,10 @@ def weight_sweep(marked: nn.Module, pool: Dataset, ae: int, lrs: tuple[float, ..
 
     FTAL and RTAL train every layer on the attacker's hard labels (RTAL from a
     re-initialised output layer), RTLL only a new output layer on the frozen
-    features, fine-pruning removes 90% of the last feature layer first. Epochs as the
-    catalogue's (RTAL and FTAL 1.5x ``--attack-epochs``). ``only`` keeps the attacks
-    of those names.
+    features, fine-pruning removes 90% of the last feature layer first; "RTAL wd 5e-4" is
+    RTAL with Adam's L2 weight decay (an attacker who knows sleeper marks: it gives every
+    weight a gradient). Epochs as the catalogue's (RTAL and FTAL 1.5x ``--attack-epochs``).
+    ``only`` keeps the attacks of those names.
     """
     out: list[tuple[str, Callable[[], nn.Module]]] = []
     long = math.ceil(1.5 * ae)
@@ -252,6 +253,8 @@ def weight_sweep(marked: nn.Module, pool: Dataset, ae: int, lrs: tuple[float, ..
             ("RTLL", lambda m, d, lr=lr: Retrain("last", epochs=long, lr=lr)(m, d, seed=15)),
             ("RTAL", lambda m, d, lr=lr: Retrain("all", epochs=long, lr=lr)(m, d, seed=15)),
             ("fine-pruning 90%", lambda m, d, lr=lr: FinePrune(0.9, epochs=ae, lr=lr)(m, d, seed=17)),
+            ("RTAL wd 5e-4", lambda m, d, lr=lr: Retrain("all", epochs=long, lr=lr, weight_decay=5e-4)(
+                m, d, seed=15)),
         ]
         assert tuple(name for name, _ in attacks) == SWEEP_ATTACKS
         out += [(f"{name}, lr {lr:g}", lambda a=attack: a(marked, pool)) for name, attack in attacks
@@ -280,8 +283,8 @@ def main() -> None:
     ap.add_argument("--sweep-lrs", default=",".join(f"{lr:g}" for lr in SWEEP_LRS),
                     help="--weight-sweep's learning rates, comma-separated")
     ap.add_argument("--sweep-attacks", default=None,
-                    help="--weight-sweep's attacks, comma-separated (FTAL, RTLL, RTAL, 'fine-pruning 90%%'); "
-                         "default: all")
+                    help="--weight-sweep's attacks, comma-separated (FTAL, RTLL, RTAL, 'fine-pruning 90%%', "
+                         "'RTAL wd 5e-4'); default: all")
     ap.add_argument("--per-batch", type=int, default=PER_BATCH,
                     help=f"examples each scheme's hook appends to a batch (default {PER_BATCH})")
     ap.add_argument("--agreement", action="store_true",
@@ -348,9 +351,11 @@ def main() -> None:
                          for s, p in zip(schemes, marks(schemes), strict=True)]
                 hook = hooks[0] if len(hooks) == 1 else ChainedHooks(
                     [hooks[i] for i in sorted(range(len(schemes)), key=lambda i: schemes[i].mixes)])
-            return train_classifier(model, splits.train.x, splits.train.y, epochs=e, seed=args.seed,
-                                    batch_size=recipe.batch_size, lr=recipe.lr,
-                                    schedule=recipe.schedule, hook=hook)
+            train_classifier(model, splits.train.x, splits.train.y, epochs=e, seed=args.seed,
+                             batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule, hook=hook)
+            if hook is not None:
+                hook.finish(model)  # sleeper marks write their read-out here
+            return model.eval()
         return build
 
     sfx = f"-s{args.seed}" if args.seed else ""  # seed 0's models keep their first names
@@ -408,7 +413,8 @@ def main() -> None:
         f"Owner: `{recipe.arch}`, {e} epochs of {recipe.batch_size} on the owner's {len(splits.train)} "
         f"images (Adam {recipe.lr:g}, {recipe.schedule}), seed {args.seed}; each scheme's hook appends "
         f"{args.per_batch} examples per batch (composite: plus {args.per_batch // 2} same-class negatives; "
-        "dark: every example's target softened, nothing added). "
+        "dark: every example's target softened, nothing added; sleeper: nothing added, the read-out "
+        "fitted after training, its CPU counted). "
         f"Attacker: the {len(pool)}-image attacker split. "
         + ("Attacks: label-only extraction through `wm guard` alone (below). " if args.guard_only else
            f"Attacks on the stolen weights, each at Adam learning rates "
