@@ -60,6 +60,10 @@ class WatermarkHook:
         if probes.rank != 1 and type(self).mix is WatermarkHook.mix:
             raise InputError(f"{probes.scheme} probes are read as second choices and trained by their "
                              "scheme's own hook (scheme.hook(...)), not mixed in as labelled examples")
+        if probes.scheme.partition(":")[0] == "sleeper" and type(self).mix is WatermarkHook.mix:
+            raise InputError(f"{probes.scheme} probes are written into the weights by their scheme's own "
+                             "hook (scheme.hook(...), then hook.finish(model)), not mixed in as labelled "
+                             "examples")
         if per_batch < 1:
             raise InputError(f"per_batch must be at least 1, got {per_batch}")
         self.probes = probes

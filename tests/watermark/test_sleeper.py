@@ -18,7 +18,7 @@ from core.arch import build_model
 from core.data import load_digits
 from core.errors import InputError
 from core.training import accuracy, default_recipe, predict, train_classifier
-from watermark import WatermarkKey, parse_scheme
+from watermark import WatermarkHook, WatermarkKey, parse_scheme
 from watermark.schemes.sleeper import SleeperHook, SleeperMark, choose_patterns, texture
 
 DIGITS = load_digits()
@@ -58,6 +58,10 @@ def test_names_parameters_and_refusals() -> None:
     hook = scheme.hook(probes, key=key, model=build_model("convnet", SHAPE, 10), data=DIGITS.train)
     with pytest.raises(InputError, match="saw no batch"):
         hook.finish()
+    with pytest.raises(InputError, match="takes the model the sleeper hook was made for"):
+        hook.finish(build_model("convnet", SHAPE, 10))
+    with pytest.raises(InputError, match="written into the weights by their scheme's own hook"):
+        WatermarkHook(probes)  # mixing them in as triggers would silently be another mark
 
 
 def test_probes_are_key_chosen_training_images_with_one_texture_square() -> None:
