@@ -60,6 +60,11 @@ def test_names_parameters_and_refusals() -> None:
         hook.finish()
     with pytest.raises(InputError, match="takes the model the sleeper hook was made for"):
         hook.finish(build_model("convnet", SHAPE, 10))
+    with pytest.raises(InputError, match="the sleeper hook needs the owner's training data"):
+        scheme.hook(probes, key=key, model=build_model("convnet", SHAPE, 10), data=None)
+    with pytest.raises(InputError, match="only 22 textures stand 1 standard deviation clear of the data, "
+                                         "so natural inputs could wake 40 detectors"):
+        choose_patterns(DIGITS.train, 40, probes.input_range)  # digits: 22 textures stand clear
     with pytest.raises(InputError, match="written into the weights by their scheme's own hook"):
         WatermarkHook(probes)  # mixing them in as triggers would silently be another mark
 
