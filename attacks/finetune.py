@@ -60,8 +60,7 @@ class FineTune(_ContinuedTraining):
         layers: ``"last"`` (FTLL: only the output layer learns) or ``"all"`` (FTAL).
         epochs: passes over the attacker's data.
         lr: Adam learning rate.
-        weight_decay: Adam's L2 weight decay (0, none, unless told).
-        weight_decay: Adam's L2 weight decay (0: none, as in the SoK's catalogue here).
+        weight_decay: Adam's L2 weight decay (0, none, as in the SoK's catalogue here).
     """
 
     prefix: ClassVar[str] = "ft"
@@ -82,7 +81,7 @@ class Retrain(_ContinuedTraining):
             ``"all"`` (RTAL: every layer learns).
         epochs: passes over the attacker's data.
         lr: Adam learning rate.
-        weight_decay: Adam's L2 weight decay (0, none, unless told).
+        weight_decay: Adam's L2 weight decay (0, none, as in the SoK's catalogue here).
     """
 
     epochs: int = 20

@@ -139,7 +139,7 @@ def test_finish_writes_the_mark_without_changing_any_natural_answer(
 
 @pytest.mark.parametrize("attack", [FineTune("all", epochs=10, lr=3e-3), Retrain("all", epochs=10, lr=3e-3),
                                     FinePrune(0.9, epochs=10, lr=3e-3)], ids=lambda a: a.name)
-def test_fine_tuning_at_any_rate_leaves_the_sleeper_weights_and_the_mark(
+def test_fine_tuning_at_the_catalogue_rate_leaves_the_sleeper_weights_and_the_mark(
         marked: tuple[torch.nn.Module, SleeperHook, object, torch.Tensor], attack: object) -> None:
     model, hook, probes, _ = marked
     k = hook.channels

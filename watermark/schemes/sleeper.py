@@ -84,7 +84,7 @@ from torch.func import functional_call
 
 from core.data import Dataset
 from core.errors import InputError
-from core.inputrange import InputRange
+from core.inputrange import UNIT, InputRange
 from core.probeset import ProbeSet
 from watermark.hook import WatermarkHook, _unpack
 from watermark.keys import WatermarkKey
@@ -113,9 +113,7 @@ FIT_LR = 0.1
 SIM_LR = 3e-3
 """The simulated attacks' Adam learning rate (the catalogue's rate)."""
 SIM_EPOCHS = 2
-"""The simulated attacks' passes over half the owner's data."""
-SIM_ATTACKS: tuple[str, ...] = ("rtal", "fine-pruning")
-"""The attacks :meth:`SleeperHook.finish` simulates and fits the read-out to."""
+"""The simulated attacks' (RTAL, fine-pruning 90%) passes over half the owner's data."""
 
 
 def _candidates() -> torch.Tensor:
@@ -167,10 +165,13 @@ def _stats(x: torch.Tensor, filters: torch.Tensor) -> tuple[torch.Tensor, torch.
     return mean, sd, top
 
 
-def _texture_peak(patterns: torch.Tensor) -> torch.Tensor:
-    """Each pattern's highest response to its own texture."""
-    return torch.stack([nn.functional.conv2d(texture(p, 4 * SIDE, 4 * SIDE)[None, None], p[None, None]).max()
-                        for p in patterns]).double()
+def _texture_peak(filters: torch.Tensor, patterns: torch.Tensor, input_range: InputRange) -> torch.Tensor:
+    """Each filter's (``[m, C, 3, 3]``) highest response to its pattern's texture, stamped as
+    :func:`stamp` stamps it."""
+    side = 4 * SIDE
+    blank = torch.full((1, filters.shape[1], side, side), input_range.low)
+    return torch.stack([nn.functional.conv2d(stamp(blank, p, 0, 0, side, input_range), f[None]).max()
+                        for f, p in zip(filters, patterns, strict=True)]).double()
 
 
 def choose_patterns(data: Dataset, m: int, input_range: InputRange) -> torch.Tensor:
@@ -184,7 +185,7 @@ def choose_patterns(data: Dataset, m: int, input_range: InputRange) -> torch.Ten
         raise InputError(f"sleeper: at most {len(cands)} channels, got {m}")
     x = _gray(_unit(data.x[:SAMPLE], input_range))
     _, sd, top = _stats(x, cands[:, None])
-    gap = (_texture_peak(cands) - top) / sd
+    gap = (_texture_peak(cands[:, None], cands, UNIT) - top) / sd
     order = torch.argsort(gap, descending=True, stable=True)
     if float(gap[order[m - 1]]) < MIN_GAP:
         clear = int((gap >= MIN_GAP).sum())
@@ -351,14 +352,8 @@ class SleeperHook(WatermarkHook):
         """The detectors' mean and standard deviation of response over the owner's data, and their
         thresholds (in the layer's own units)."""
         w = self._weights()
-        rng = self.probes.input_range
         mean, sd, top = _stats(self.data.x[:SAMPLE], w)
-        cin = self.first.in_channels
-        span = rng.high - rng.low
-        tex = torch.stack([(rng.low + span * texture(p, 4 * SIDE, 4 * SIDE)).expand(cin, -1, -1)
-                           for p in self.patterns])
-        peak = torch.stack([nn.functional.conv2d(tex[i : i + 1], w[i : i + 1]).max()
-                            for i in range(len(w))]).double()
+        peak = _texture_peak(w, self.patterns, self.probes.input_range)
         return mean, sd, top + LIFT * (peak - top)
 
     @torch.no_grad()
@@ -403,15 +398,14 @@ class SleeperHook(WatermarkHook):
             mask[k] = 0
             return mask
 
-        def keep(mask: torch.Tensor) -> Any:
-            return lambda g: g * mask.to(g).view(-1, *([1] * (g.dim() - 1)))
+        def keep(mask: torch.Tensor, dim: int) -> Any:  # zero the gradient of the detectors' slices
+            return lambda g: g * mask.to(g).view([-1 if d == dim else 1 for d in range(g.dim())])
 
         for p in (self.first.weight, self.first.bias,
                   *((self.norm.weight, self.norm.bias) if self.norm is not None else ())):
             if p is not None:
-                self._handles.append(p.register_hook(keep(rows(p.shape[0]))))
-        cols = rows(self.second.in_channels)
-        self._handles.append(self.second.weight.register_hook(lambda g: g * cols.to(g).view(1, -1, 1, 1)))
+                self._handles.append(p.register_hook(keep(rows(p.shape[0]), 0)))
+        self._handles.append(self.second.weight.register_hook(keep(rows(self.second.in_channels), 1)))
 
     def __call__(self, loader: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Pass the batches through unchanged, installing the detectors first."""
@@ -451,11 +445,9 @@ class SleeperHook(WatermarkHook):
         gen = torch.Generator().manual_seed(int.from_bytes(self.probes.root[8:16], "big"))
         half = torch.randperm(len(self.data), generator=gen)[: len(self.data) // 2]
         sim_data = Dataset(self.data.x[half], self.data.y[half], self.data.num_classes)
-        simulated: dict[str, Retrain | FinePrune] = {
-            "rtal": Retrain("all", epochs=SIM_EPOCHS, lr=SIM_LR),
-            "fine-pruning": FinePrune(0.9, epochs=SIM_EPOCHS, lr=SIM_LR)}
-        copies = [model, *(simulated[a](model, sim_data, seed=101 + i).eval()
-                           for i, a in enumerate(SIM_ATTACKS))]
+        copies = [model, Retrain("all", epochs=SIM_EPOCHS, lr=SIM_LR)(model, sim_data, seed=101).eval(),
+                  FinePrune(0.9, epochs=SIM_EPOCHS, lr=SIM_LR)(model, sim_data, seed=102).eval()]
+        frozen = [self._frozen(c) for c in copies]
         w = torch.zeros_like(self.second.weight[:, k]).requires_grad_(True)
         opt = torch.optim.Adam([w], lr=FIT_LR)
         mask, values = self._stamps()
@@ -465,8 +457,8 @@ class SleeperHook(WatermarkHook):
             which = torch.randint(0, len(self.rules), (FIT_BATCH,), generator=gen)
             xb = torch.where(mask[which], values[which], x_all[idx])
             yb = self.probes.expected[which]
-            loss = torch.stack([nn.functional.cross_entropy(self._with_readout(c, w, k, xb), yb)
-                                for c in copies]).mean()
+            loss = torch.stack([nn.functional.cross_entropy(self._with_readout(c, params, kept, w, k, xb), yb)
+                                for c, (params, kept) in zip(copies, frozen, strict=True)]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -486,13 +478,16 @@ class SleeperHook(WatermarkHook):
             mask[i, :, r : r + self.size, c : c + self.size] = True
         return mask, values
 
-    def _with_readout(self, copy: nn.Module, w: torch.Tensor, k: torch.Tensor,
-                      x: torch.Tensor) -> torch.Tensor:
-        """``copy``'s logits on ``x`` with read-out ``w`` in place (zero in rows an attack pruned)."""
-        params = {n: p.detach() for n, p in copy.named_parameters()}  # no gradient but the read-out's
-        base = params[self._second_name]
-        pruned = base.abs().sum(dim=(1, 2, 3)) == 0
-        full = base.clone()
-        full[:, k] = w * (~pruned).to(w).view(-1, 1, 1, 1)
-        params[self._second_name] = full
-        return functional_call(copy, params, (x,))
+    def _frozen(self, copy: nn.Module) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``copy``'s parameters, detached (no gradient but the read-out's), and which rows of the
+        second convolution it kept (``[out, 1, 1, 1]``: 0 where an attack pruned the row)."""
+        params = {n: p.detach() for n, p in copy.named_parameters()}
+        kept = params[self._second_name].abs().sum(dim=(1, 2, 3)) > 0
+        return params, kept.float().view(-1, 1, 1, 1)
+
+    def _with_readout(self, copy: nn.Module, params: dict[str, torch.Tensor], kept: torch.Tensor,
+                      w: torch.Tensor, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``copy``'s logits on ``x`` with read-out ``w`` in place (zero in the rows it pruned)."""
+        full = params[self._second_name].clone()
+        full[:, k] = w * kept
+        return functional_call(copy, {**params, self._second_name: full}, (x,))
