@@ -526,7 +526,9 @@ def main() -> None:
                 lines += guarded_extraction(marked, splits, recipe.arch, rate, g_epochs, controls)
                 say(f"{name_of}: guard at {rate:g}: done")
             lines.append("")
-    lines += ["Command: `OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.robust_marks "
+    omp, niceness = os.environ.get("OMP_NUM_THREADS"), os.nice(0)  # as this process ran, not as advised
+    prefix = (f"OMP_NUM_THREADS={omp} " if omp else "") + (f"nice -n {niceness} " if niceness else "")
+    lines += [f"Command: `{prefix}python -m benchmarks.robust_marks "
               f"--arch {recipe.arch} --epochs {e} --attack-epochs {ae} --schemes {args.schemes} "
               f"--seed {args.seed} --controls {args.controls} --control-epochs {ce}"
               f"{' --headline' if args.headline else ''}"
