@@ -36,14 +36,13 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from scipy.stats import binom
 from torch import nn
 
 from attacks import Extract, query_inputs, query_model
 from benchmarks.robustness import QUERY_SEED
-from core.arch import build_model
 from core.data import load_data
-from core.training import BatchHook, accuracy, default_recipe, predict, train_classifier, train_new
+from core.nulls import Binomial
+from core.training import BatchHook, accuracy, default_recipe, predict, train_new
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 MEMBERS = 40
@@ -143,7 +142,7 @@ def main() -> None:
             deep.append(f"top {q:g}: {rate:.2f} of {count}, families {won}/{present}")
         pred = predict(model, px)
         fam, _ = families(pred, pf)
-        p = float(binom.sf(fam - 1, k, 1 / k))
+        p = Binomial(1 / k).tail(fam, k)
         print(f"{name}: clean {acc:.4f}; region, test {nat:.2f} / attacker pool {att:.2f} answered k_c "
               f"(relabelled members); deeper test members: {'; '.join(deep)}; pushed probes "
               f"{float((pred == target[pf]).float().mean()):.2f}, families {fam}/{k} (fixed-n p {p:.1e})",
@@ -162,10 +161,8 @@ def main() -> None:
             yield torch.cat([bx, xs]), torch.cat([by, target[ys]])
 
     def owner(xs: torch.Tensor, ys: torch.Tensor, hook: BatchHook | None = None) -> nn.Module:
-        torch.manual_seed(args.seed)
-        model = build_model(recipe.arch, splits.input_shape, k)
-        return train_classifier(model, xs, ys, epochs=args.epochs, seed=args.seed, hook=hook,
-                                batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
+        return train_new(recipe.arch, xs, ys, num_classes=k, epochs=args.epochs, seed=args.seed, hook=hook,
+                         batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
 
     marked = owner(x, y, pushed if args.augment else None)
     report("owner (marked)", marked)
